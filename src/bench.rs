@@ -1,0 +1,254 @@
+//! `packrat bench`: the baseline ⟨1, T, B⟩ against the planned split, side by side.
+//!
+//! The two run interleaved in rounds (A B, then B A, …) in one process, because these machines
+//! drift ±30 % from minute to minute: only medians and ratios of interleaved runs mean
+//! anything. Writes CSV, JSON and an SVG plot of latency vs batch.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::config::{Config, PlanChoice};
+use crate::instances::InstanceSet;
+use crate::model::Model;
+use crate::planner::{Plan, PlanTable};
+use crate::sdnotify::Notifier;
+use crate::status::percentile;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    #[arg(long)]
+    pub model: String,
+    /// Comma-separated batch sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
+    pub batches: Vec<usize>,
+    /// Timed rounds per batch size (each round runs both configurations once).
+    #[arg(long, default_value_t = 7)]
+    pub rounds: usize,
+    /// Where the CSV, JSON and SVG go.
+    #[arg(long, default_value = "bench-out")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub batch: usize,
+    pub plan: String,
+    pub baseline_median_ms: f64,
+    pub planned_median_ms: f64,
+    pub speedup: f64,
+    pub predicted_ms: Option<f64>,
+    pub prediction_error_pct: Option<f64>,
+    /// T1(B)/N over the planned latency; T1 is the profile's one-thread latency for B items.
+    pub parallel_efficiency: Option<f64>,
+}
+
+fn time_ms(set: &InstanceSet, inputs: &[tch::Tensor], shares: &[usize]) -> Result<f64> {
+    let t0 = Instant::now();
+    set.run(inputs, shares)?;
+    Ok(t0.elapsed().as_secs_f64() * 1e3)
+}
+
+pub fn run(args: &BenchArgs) -> Result<i32> {
+    let cfg = Config::load(&args.config)?;
+    let mut mc = cfg
+        .models
+        .iter()
+        .find(|m| m.name == args.model)
+        .with_context(|| format!("no model '{}' in the config", args.model))?
+        .clone();
+    if !matches!(mc.plan, PlanChoice::Explicit(_)) {
+        mc.plan = PlanChoice::Auto;
+    }
+    let max_b = args.batches.iter().copied().max().unwrap_or(1);
+    mc.max_batch = mc.max_batch.max(max_b);
+    tch::set_num_interop_threads(1);
+    let topo = crate::daemon::usable_topology(&cfg)?;
+    let model = Arc::new(Model::load(&mc.name, &mc.source, mc.inputs.clone())?);
+    let planned =
+        crate::daemon::build_plans(&mc, &model, &topo, &cfg.state_dir, &Notifier::from_env())?;
+    let baseline = PlanTable::baseline(&topo, mc.max_batch);
+    let curve = crate::planner::profiler::cached(
+        &cfg.state_dir,
+        &crate::planner::profiler::profile_key(&mc, &topo)?,
+    )
+    .and_then(|p| p.curve().ok());
+    let n = topo.len();
+    println!(
+        "bench {} on {n} cores, {} rounds per batch (ABBA order)",
+        mc.name, args.rounds
+    );
+    println!(
+        "{:>5} {:>12} {:>12} {:>8} {:>10} {:>7} {:>6}  plan",
+        "batch", "baseline ms", "planned ms", "speedup", "predicted", "error", "eff"
+    );
+    let mut rows = Vec::new();
+    let mut sets: Vec<(Vec<crate::instances::InstanceSpec>, InstanceSet)> = Vec::new();
+    for &b in &args.batches {
+        let pa: &Plan = baseline.for_batch(b);
+        let pb: &Plan = planned.for_batch(b);
+        for p in [pa, pb] {
+            if !sets.iter().any(|(l, _)| *l == p.layout()) {
+                sets.push((
+                    p.layout(),
+                    InstanceSet::start(model.clone(), p.layout(), "bench")?,
+                ));
+            }
+        }
+        let set_of = |p: &Plan| sets.iter().find(|(l, _)| *l == p.layout()).map(|(_, s)| s);
+        let (sa, sb) = (
+            set_of(pa).context("baseline set")?,
+            set_of(pb).context("planned set")?,
+        );
+        let inputs = model.example_inputs(b as i64);
+        for _ in 0..2 {
+            time_ms(sa, &inputs, &pa.shares())?;
+            time_ms(sb, &inputs, &pb.shares())?;
+        }
+        let (mut ta, mut tb) = (Vec::new(), Vec::new());
+        for r in 0..args.rounds {
+            if r % 2 == 0 {
+                ta.push(time_ms(sa, &inputs, &pa.shares())?);
+                tb.push(time_ms(sb, &inputs, &pb.shares())?);
+            } else {
+                tb.push(time_ms(sb, &inputs, &pb.shares())?);
+                ta.push(time_ms(sa, &inputs, &pa.shares())?);
+            }
+        }
+        let ma = percentile(ta, 50.0).unwrap_or(f64::NAN);
+        let mb = percentile(tb, 50.0).unwrap_or(f64::NAN);
+        let t1 = curve.as_ref().and_then(|c| {
+            c.threads
+                .iter()
+                .position(|&t| t == 1)
+                .map(|ti| c.latency(ti, b))
+        });
+        let row = Row {
+            batch: b,
+            plan: pb.summary(),
+            baseline_median_ms: ma,
+            planned_median_ms: mb,
+            speedup: ma / mb,
+            predicted_ms: pb.predicted_latency_ms,
+            prediction_error_pct: pb.predicted_latency_ms.map(|p| (mb - p) / p * 100.0),
+            parallel_efficiency: t1.map(|t1| t1 / n as f64 / mb),
+        };
+        let f =
+            |x: Option<f64>, d: usize| x.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "-".into());
+        println!(
+            "{:>5} {:>12.2} {:>12.2} {:>7.3}x {:>10} {:>6}% {:>6}  {}",
+            b,
+            ma,
+            mb,
+            row.speedup,
+            f(row.predicted_ms, 2),
+            f(row.prediction_error_pct, 1),
+            f(row.parallel_efficiency, 2),
+            row.plan
+        );
+        rows.push(row);
+    }
+    let geo = (rows
+        .iter()
+        .filter(|r| r.batch >= 2)
+        .map(|r| r.speedup.ln())
+        .sum::<f64>()
+        / rows.iter().filter(|r| r.batch >= 2).count().max(1) as f64)
+        .exp();
+    println!(
+        "geometric-mean speedup over B >= 2: {geo:.3}x; min speedup {:.3}x",
+        rows.iter().map(|r| r.speedup).fold(f64::INFINITY, f64::min)
+    );
+    std::fs::create_dir_all(&args.out)?;
+    let stem = args.out.join(&mc.name);
+    let mut csv = String::from("batch,baseline_median_ms,planned_median_ms,speedup,predicted_ms,prediction_error_pct,parallel_efficiency,plan\n");
+    for r in &rows {
+        let f = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_default();
+        csv.push_str(&format!(
+            "{},{:.4},{:.4},{:.4},{},{},{},{}\n",
+            r.batch,
+            r.baseline_median_ms,
+            r.planned_median_ms,
+            r.speedup,
+            f(r.predicted_ms),
+            f(r.prediction_error_pct),
+            f(r.parallel_efficiency),
+            r.plan
+        ));
+    }
+    std::fs::write(stem.with_extension("csv"), csv)?;
+    std::fs::write(
+        stem.with_extension("json"),
+        serde_json::to_string_pretty(
+            &serde_json::json!({"model": mc.name, "cores": n, "rounds": args.rounds, "geomean_speedup": geo, "rows": rows}),
+        )?,
+    )?;
+    plot(&stem.with_extension("svg"), &mc.name, n, &rows)?;
+    println!("wrote {}.{{csv,json,svg}}", stem.display());
+    let _ = Duration::ZERO;
+    Ok(0)
+}
+
+fn plot(path: &std::path::Path, model: &str, cores: usize, rows: &[Row]) -> Result<()> {
+    let root = SVGBackend::new(path, (720, 440)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max_b = rows.iter().map(|r| r.batch).max().unwrap_or(1) as f64;
+    let max_y = rows
+        .iter()
+        .map(|r| r.baseline_median_ms.max(r.planned_median_ms))
+        .fold(0.0, f64::max)
+        * 1.1;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("{model}: latency vs batch on {cores} cores"),
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..max_b * 1.05, 0f64..max_y.max(1.0))?;
+    chart
+        .configure_mesh()
+        .x_desc("batch size B")
+        .y_desc("median latency (ms)")
+        .draw()?;
+    let series = [
+        ("baseline ⟨1, T, B⟩", RED, true),
+        ("packrat plan", BLUE, false),
+    ];
+    for (label, color, is_base) in series {
+        let pts: Vec<(f64, f64)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.batch as f64,
+                    if is_base {
+                        r.baseline_median_ms
+                    } else {
+                        r.planned_median_ms
+                    },
+                )
+            })
+            .collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+            .label(label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
+        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}

@@ -1,0 +1,321 @@
+//! Models: loading a TorchScript file or tracing a built-in `tch::vision` network into one
+//! `CModule`, the declared inputs a job must match, and one forward pass.
+//!
+//! Built-ins and files take one code path (a `CModule`), which is `Send + Sync`, so every
+//! instance thread shares the same weights (DESIGN §2).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use tch::nn::{self, ModuleT};
+use tch::{CModule, IValue, Kind, Tensor};
+
+use crate::tensorfile::{kind_name, JobError, Named};
+
+/// One declared input of a model: a job must supply it with shape `[B] ++ shape`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputSpec {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub dtype: Kind,
+}
+
+/// The built-in models: name, default per-item input shape, what it is.
+pub const BUILTINS: &[(&str, &[i64], &str)] = &[
+    ("resnet18", &[3, 224, 224], "ResNet-18"),
+    ("resnet34", &[3, 224, 224], "ResNet-34"),
+    ("resnet50", &[3, 224, 224], "ResNet-50"),
+    ("mobilenet_v2", &[3, 224, 224], "MobileNet-v2"),
+    ("inception_v3", &[3, 299, 299], "Inception-v3"),
+    (
+        "bert_base",
+        &[128],
+        "a BERT-base-sized transformer encoder over int64 token ids (input 'input_ids' [128])",
+    ),
+    ("tiny_cnn", &[3, 32, 32], "a small CNN for tests and demos"),
+    (
+        "two_heads",
+        &[16],
+        "a two-input, two-output MLP (inputs 'a' [16] and 'b' [8])",
+    ),
+];
+
+/// Default inputs of a built-in, or None when the name is unknown.
+pub fn builtin_inputs(name: &str) -> Option<Vec<InputSpec>> {
+    let (_, shape, _) = BUILTINS.iter().find(|(n, _, _)| *n == name)?;
+    if name == "bert_base" {
+        return Some(vec![InputSpec {
+            name: "input_ids".into(),
+            shape: shape.to_vec(),
+            dtype: Kind::Int64,
+        }]);
+    }
+    if name == "two_heads" {
+        return Some(vec![
+            InputSpec {
+                name: "a".into(),
+                shape: vec![16],
+                dtype: Kind::Float,
+            },
+            InputSpec {
+                name: "b".into(),
+                shape: vec![8],
+                dtype: Kind::Float,
+            },
+        ]);
+    }
+    Some(vec![InputSpec {
+        name: "input".into(),
+        shape: shape.to_vec(),
+        dtype: Kind::Float,
+    }])
+}
+
+// Built-ins are built from the global RNG: seeding and building must not interleave between
+// threads, or two loads of the same built-in would get different weights.
+static BUILD_LOCK: Mutex<()> = Mutex::new(());
+
+/// Fixed seed so that a built-in has the same random weights in every process: outputs are
+/// reproducible and tests can compare the agent against an in-process run.
+const BUILTIN_SEED: i64 = 0x5eed;
+
+fn build_builtin(name: &str, inputs: &[InputSpec]) -> Result<CModule> {
+    let _guard = BUILD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    tch::manual_seed(BUILTIN_SEED);
+    let examples: Vec<Tensor> = inputs
+        .iter()
+        .map(|i| {
+            let mut s = vec![1i64];
+            s.extend(&i.shape);
+            Tensor::zeros(&s, (i.dtype, tch::Device::Cpu))
+        })
+        .collect();
+    let mut vs = nn::VarStore::new(tch::Device::Cpu);
+    let p = &vs.root();
+    type Forward = Box<dyn Fn(&[Tensor]) -> Vec<Tensor>>;
+    fn single(f: impl Fn(&Tensor) -> Tensor + 'static) -> impl Fn(&[Tensor]) -> Vec<Tensor> {
+        move |xs| vec![f(&xs[0])]
+    }
+    let forward: Forward = match name {
+        "resnet18" => Box::new(single(crate::builtins::resnet(
+            p,
+            [2, 2, 2, 2],
+            false,
+            1000,
+        ))),
+        "resnet34" => Box::new(single(crate::builtins::resnet(
+            p,
+            [3, 4, 6, 3],
+            false,
+            1000,
+        ))),
+        "resnet50" => Box::new(single(crate::builtins::resnet(p, [3, 4, 6, 3], true, 1000))),
+        "mobilenet_v2" => {
+            let net = tch::vision::mobilenet::v2(p, 1000);
+            Box::new(move |xs| vec![net.forward_t(&xs[0], false)])
+        }
+        "inception_v3" => Box::new(single(crate::builtins::inception_v3(p, 1000))),
+        "bert_base" => Box::new(single(crate::builtins::bert_base(p, inputs[0].shape[0]))),
+        "tiny_cnn" => {
+            let c1 = nn::conv2d(
+                p / "c1",
+                3,
+                16,
+                3,
+                nn::ConvConfig {
+                    padding: 1,
+                    ..Default::default()
+                },
+            );
+            let c2 = nn::conv2d(
+                p / "c2",
+                16,
+                32,
+                3,
+                nn::ConvConfig {
+                    padding: 1,
+                    ..Default::default()
+                },
+            );
+            let fc = nn::linear(p / "fc", 32, 10, Default::default());
+            Box::new(move |xs| {
+                let h = xs[0]
+                    .apply(&c1)
+                    .relu()
+                    .max_pool2d_default(2)
+                    .apply(&c2)
+                    .relu();
+                vec![h.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&fc)]
+            })
+        }
+        "two_heads" => {
+            let la = nn::linear(p / "la", 16, 4, Default::default());
+            let lb = nn::linear(p / "lb", 8, 4, Default::default());
+            Box::new(move |xs| {
+                let h = (xs[0].apply(&la) + xs[1].apply(&lb)).tanh();
+                vec![h.shallow_clone(), h.sum_dim_intlist(-1, true, Kind::Float)]
+            })
+        }
+        other => bail!("unknown built-in model '{other}'"),
+    };
+    // Weights must not require grad, or tracing refuses to bake them into the graph.
+    vs.freeze();
+    let m = tch::no_grad(|| {
+        CModule::create_by_tracing("packrat", "forward", &examples, &mut |xs| forward(xs))
+    })
+    .with_context(|| format!("tracing built-in '{name}' failed"))?;
+    Ok(m)
+}
+
+/// A loaded model: the shared module and what its jobs must look like.
+pub struct Model {
+    pub name: String,
+    pub inputs: Vec<InputSpec>,
+    module: CModule,
+}
+
+impl Model {
+    /// Loads `source` (`builtin:NAME` or a TorchScript file path).
+    pub fn load(name: &str, source: &str, inputs: Vec<InputSpec>) -> Result<Model> {
+        let mut module = match source.strip_prefix("builtin:") {
+            Some(b) => build_builtin(b, &inputs)?,
+            None => CModule::load(Path::new(source)).with_context(|| {
+                format!("cannot load TorchScript file '{source}': save it with torch.jit.save(torch.jit.script(model) or torch.jit.trace(...), path)")
+            })?,
+        };
+        module.set_eval();
+        Ok(Model {
+            name: name.to_string(),
+            inputs,
+            module,
+        })
+    }
+
+    /// One forward pass on already-batched inputs (in declared order). Returns named outputs:
+    /// `output` for a single tensor, `output_0..` for a tuple or list, the keys for a dict.
+    pub fn forward(&self, inputs: &[Tensor]) -> Result<Vec<(String, Tensor)>> {
+        let args: Vec<IValue> = inputs
+            .iter()
+            .map(|t| IValue::Tensor(t.shallow_clone()))
+            .collect();
+        let out = tch::no_grad(|| self.module.forward_is(&args))
+            .context("the model's forward pass failed")?;
+        flatten_output(out)
+    }
+
+    /// Checks a job's tensors against the declared inputs and returns them in declared order
+    /// with the job's batch size.
+    pub fn match_inputs(&self, mut given: Vec<Named>) -> Result<(Vec<Tensor>, i64), JobError> {
+        let mismatch = |m: String| JobError::new("wrong_input", m);
+        let mut ordered = Vec::with_capacity(self.inputs.len());
+        if self.inputs.len() == 1 && given.len() == 1 {
+            ordered.push((self.inputs[0].clone(), given.remove(0).tensor));
+        } else {
+            for spec in &self.inputs {
+                let pos = given
+                    .iter()
+                    .position(|n| n.name == spec.name)
+                    .ok_or_else(|| {
+                        let names: Vec<&str> = given.iter().map(|n| n.name.as_str()).collect();
+                        mismatch(format!(
+                        "input '{}' is missing (the file holds {names:?}); model '{}' takes {:?}",
+                        spec.name,
+                        self.name,
+                        self.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>()
+                    ))
+                    })?;
+                ordered.push((spec.clone(), given.remove(pos).tensor));
+            }
+            if let Some(extra) = given.first() {
+                return Err(mismatch(format!(
+                    "the file holds an unexpected tensor '{}'",
+                    extra.name
+                )));
+            }
+        }
+        let mut batch = None;
+        let mut tensors = Vec::with_capacity(ordered.len());
+        for (spec, t) in ordered {
+            if t.kind() != spec.dtype {
+                return Err(JobError::new(
+                    "wrong_dtype",
+                    format!(
+                        "input '{}' has dtype {}, model '{}' takes {}: convert it (e.g. x.astype(np.{}))",
+                        spec.name,
+                        kind_name(t.kind()),
+                        self.name,
+                        kind_name(spec.dtype),
+                        kind_name(spec.dtype)
+                    ),
+                ));
+            }
+            let size = t.size();
+            if size.len() != spec.shape.len() + 1 || size[1..] != spec.shape[..] || size[0] < 1 {
+                return Err(JobError::new(
+                    "wrong_shape",
+                    format!(
+                        "input '{}' has shape {size:?}, model '{}' takes [B, {}] with B >= 1 (batch is dimension 0)",
+                        spec.name,
+                        self.name,
+                        spec.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+            match batch {
+                None => batch = Some(size[0]),
+                Some(b) if b != size[0] => {
+                    return Err(mismatch(format!(
+                        "inputs disagree on the batch size ({b} vs {} for '{}')",
+                        size[0], spec.name
+                    )))
+                }
+                _ => {}
+            }
+            tensors.push(t);
+        }
+        Ok((tensors, batch.unwrap_or(0)))
+    }
+
+    /// Random inputs of `batch` items, for warm-up and profiling.
+    pub fn example_inputs(&self, batch: i64) -> Vec<Tensor> {
+        self.inputs
+            .iter()
+            .map(|i| {
+                let mut s = vec![batch];
+                s.extend(&i.shape);
+                match i.dtype {
+                    Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16 => {
+                        Tensor::randn(&s, (i.dtype, tch::Device::Cpu))
+                    }
+                    k => Tensor::zeros(&s, (k, tch::Device::Cpu)),
+                }
+            })
+            .collect()
+    }
+}
+
+fn flatten_output(v: IValue) -> Result<Vec<(String, Tensor)>> {
+    let list = match v {
+        IValue::Tensor(t) => return Ok(vec![("output".into(), t)]),
+        IValue::Tuple(items) | IValue::GenericList(items) => items,
+        IValue::TensorList(ts) => ts.into_iter().map(IValue::Tensor).collect(),
+        IValue::GenericDict(kv) => {
+            return kv
+                .into_iter()
+                .map(|(k, v)| match (k, v) {
+                    (IValue::String(k), IValue::Tensor(t)) => Ok((k, t)),
+                    _ => bail!("the model returned a dict that is not str -> Tensor"),
+                })
+                .collect()
+        }
+        other => bail!("the model returned {other:?}; packrat serves models that return tensors"),
+    };
+    list.into_iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            IValue::Tensor(t) => Ok((format!("output_{i}"), t)),
+            _ => bail!("output {i} of the model is not a tensor"),
+        })
+        .collect()
+}

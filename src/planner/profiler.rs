@@ -1,0 +1,275 @@
+//! Targeted, co-located profiling of a loaded model on this host.
+//!
+//! Not the full grid: thread counts are the powers of two up to T plus T itself, and for t
+//! threads only the batch sizes an instance can get when ⌊T/t⌋ of them share `max_batch`
+//! (powers of two up to that, and that). Each point is measured **co-located**: ⌊T/t⌋
+//! instances of (t, b) run at once on disjoint cores and the batch's wall time is recorded, so
+//! the profile includes the memory-bandwidth and cache interference that isolated profiles
+//! miss. Each point repeats until its median is known to ±3 % (95 % confidence) or its share
+//! of the time budget is spent.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::profile::{Point, ProfileFile, ProfileKey};
+use super::topology::Topology;
+use crate::config::ModelConfig;
+use crate::instances::{InstanceSet, InstanceSpec};
+use crate::model::Model;
+
+/// Target relative half-width of the 95 % confidence interval of a point's median.
+const TARGET_PRECISION: f64 = 0.03;
+const MIN_REPS: usize = 3;
+const MAX_REPS: usize = 25;
+
+/// Progress callback: (points done, points in all, estimated time left, what is measured now).
+pub type Progress<'a> = &'a mut dyn FnMut(usize, usize, Duration, &str);
+
+/// The thread counts and, for each, the batch sizes to measure.
+pub fn targets(cores: usize, max_batch: usize) -> Vec<(usize, Vec<usize>)> {
+    let mut ts: Vec<usize> = (0..)
+        .map(|k| 1usize << k)
+        .take_while(|&t| t <= cores)
+        .collect();
+    if ts.last() != Some(&cores) {
+        ts.push(cores);
+    }
+    ts.into_iter()
+        .map(|t| {
+            let k = cores / t;
+            let top = max_batch.div_ceil(k).next_power_of_two().min(max_batch);
+            let mut bs: Vec<usize> = (0..)
+                .map(|k| 1usize << k)
+                .take_while(|&b| b <= top)
+                .collect();
+            if bs.last() != Some(&top) {
+                bs.push(top);
+            }
+            (t, bs)
+        })
+        .collect()
+}
+
+fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Everything that invalidates a profile.
+pub fn profile_key(cfg: &ModelConfig, topo: &Topology) -> Result<ProfileKey> {
+    let model_hash = match cfg.source.strip_prefix("builtin:") {
+        Some(_) => cfg.source.clone(),
+        None => {
+            let bytes = std::fs::read(&cfg.source)
+                .with_context(|| format!("cannot read {} to hash it", cfg.source))?;
+            format!("fnv1a64:{:016x}", fnv1a(&bytes, 0xcbf2_9ce4_8422_2325))
+        }
+    };
+    Ok(ProfileKey {
+        model: cfg.name.clone(),
+        model_hash,
+        input: format!("{:?}", cfg.inputs),
+        cpu_model: cpu_model(),
+        cores: topo.ordered(),
+        libtorch: crate::LIBTORCH_VERSION.to_string(),
+        packrat: env!("CARGO_PKG_VERSION").to_string(),
+        max_batch: cfg.max_batch,
+    })
+}
+
+pub fn profile_path(state_dir: &Path, model: &str) -> PathBuf {
+    state_dir.join("profiles").join(format!("{model}.json"))
+}
+
+/// The cached profile, when its key matches exactly.
+pub fn cached(state_dir: &Path, key: &ProfileKey) -> Option<ProfileFile> {
+    let p = ProfileFile::load(&profile_path(state_dir, &key.model)).ok()?;
+    (p.key.as_ref() == Some(key) && p.curve().is_ok()).then_some(p)
+}
+
+/// Median and the relative half-width of its 95 % confidence interval.
+fn median_precision(xs: &[f64]) -> (f64, f64) {
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let med = v[v.len() / 2];
+    if v.len() < 2 {
+        return (med, f64::INFINITY);
+    }
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt();
+    // The median's standard error is about 1.2533·σ/√n for near-normal timings.
+    (med, 1.96 * 1.2533 * sd / (v.len() as f64).sqrt() / med)
+}
+
+/// Measures the model on `topo`'s cores within about `budget`.
+pub fn measure(
+    model: Arc<Model>,
+    topo: &Topology,
+    max_batch: usize,
+    budget: Duration,
+    progress: Progress,
+) -> Result<ProfileFile> {
+    let cores = topo.len();
+    let plan = targets(cores, max_batch);
+    let total_points: usize = plan.iter().map(|(_, bs)| bs.len()).sum();
+    // Budget shares are proportional to the work of a point (items per instance).
+    let total_weight: f64 = plan
+        .iter()
+        .flat_map(|(_, bs)| bs.iter().map(|&b| b as f64))
+        .sum();
+    let start = Instant::now();
+    let mut done_weight = 0.0;
+    let mut done = 0;
+    let mut points = Vec::new();
+    for (t, bs) in &plan {
+        let k = cores / t;
+        let layout: Vec<InstanceSpec> = topo
+            .assign(&vec![*t; k])?
+            .into_iter()
+            .map(|c| InstanceSpec {
+                threads: *t,
+                cores: c,
+            })
+            .collect();
+        let set = InstanceSet::start(model.clone(), layout, "prof")?;
+        let mut last: Option<(usize, f64)> = None;
+        for &b in bs {
+            let eta = if done_weight > 0.0 {
+                start
+                    .elapsed()
+                    .mul_f64((total_weight - done_weight) / done_weight)
+            } else {
+                budget
+            };
+            progress(done, total_points, eta, &format!("{k}×(t={t}, b={b})"));
+            let remaining = budget.saturating_sub(start.elapsed()).as_secs_f64();
+            let cap = remaining * b as f64 / (total_weight - done_weight).max(1.0);
+            let inputs = model.example_inputs((b * k) as i64);
+            let shares = vec![b; k];
+            let run = || -> Result<f64> {
+                let t0 = Instant::now();
+                set.run(&inputs, &shares)?;
+                Ok(t0.elapsed().as_secs_f64() * 1e3)
+            };
+            // Warm-up (thread pools, oneDNN primitives for this shape) unless one run is long.
+            let predicted_ms = last
+                .map(|(pb, ms)| ms * b as f64 / pb as f64)
+                .unwrap_or(0.0);
+            if predicted_ms < 2000.0 {
+                run()?;
+            }
+            let t_point = Instant::now();
+            let mut xs = Vec::new();
+            loop {
+                xs.push(run()?);
+                let (_, prec) = median_precision(&xs);
+                let spent = t_point.elapsed().as_secs_f64();
+                let enough = xs.len() >= MIN_REPS && prec <= TARGET_PRECISION;
+                if enough || xs.len() >= MAX_REPS || (spent >= cap && xs.len() >= 2) {
+                    break;
+                }
+            }
+            let (med, _) = median_precision(&xs);
+            let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = xs.iter().copied().fold(0.0, f64::max);
+            log::debug!(
+                "profile t={t} b={b} ×{k}: median {med:.2} ms over {} runs",
+                xs.len()
+            );
+            points.push(Point {
+                threads: *t,
+                batch: b,
+                latency_ms: med,
+                latency_min_ms: Some(min),
+                latency_max_ms: Some(max),
+                samples: Some(xs.len()),
+            });
+            last = Some((b, med));
+            done += 1;
+            done_weight += b as f64;
+        }
+    }
+    progress(done, total_points, Duration::ZERO, "done");
+    Ok(ProfileFile {
+        model: model.name.clone(),
+        cores,
+        machine: Some(cpu_model()),
+        source: Some(format!("packrat {} targeted co-located profiling", env!("CARGO_PKG_VERSION"))),
+        framework: Some(format!("libtorch {}", crate::LIBTORCH_VERSION)),
+        units: Some(
+            "latency_ms: median wall time of one batch when floor(cores/threads) instances of (threads, batch) run at once on disjoint cores"
+                .into(),
+        ),
+        co_located: true,
+        key: None,
+        points,
+    })
+}
+
+/// The cached profile for this model and host, or a fresh measurement (then cached).
+pub fn profile_or_cached(
+    model: Arc<Model>,
+    cfg: &ModelConfig,
+    topo: &Topology,
+    state_dir: &Path,
+    progress: Progress,
+) -> Result<(ProfileFile, bool)> {
+    let key = profile_key(cfg, topo)?;
+    if let Some(p) = cached(state_dir, &key) {
+        return Ok((p, true));
+    }
+    let mut p = measure(
+        model,
+        topo,
+        cfg.max_batch,
+        Duration::from_secs_f64(cfg.profile_budget_s),
+        progress,
+    )?;
+    p.key = Some(key);
+    let path = profile_path(state_dir, &cfg.name);
+    if let Err(e) = p.save(&path) {
+        log::warn!(
+            "cannot cache the profile at {}: {e:#} (it will be measured again next start)",
+            path.display()
+        );
+    }
+    Ok((p, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::targets;
+
+    #[test]
+    fn targets_cover_what_the_dp_can_use() {
+        assert_eq!(
+            targets(2, 64),
+            vec![
+                (1, vec![1, 2, 4, 8, 16, 32]),
+                (2, vec![1, 2, 4, 8, 16, 32, 64])
+            ]
+        );
+        let t = targets(6, 48);
+        assert_eq!(t.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2, 4, 6]);
+        assert_eq!(t[0].1, vec![1, 2, 4, 8]);
+        assert_eq!(t[3].1.last(), Some(&48));
+    }
+}
