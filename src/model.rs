@@ -153,8 +153,8 @@ fn build_builtin(name: &str, inputs: &[InputSpec]) -> Result<CModule> {
             let la = nn::linear(p / "la", 16, 4, Default::default());
             let lb = nn::linear(p / "lb", 8, 4, Default::default());
             Box::new(move |xs| {
-                let h = (xs[0].apply(&la) + xs[1].apply(&lb)).tanh();
-                vec![h.shallow_clone(), h.sum_dim_intlist(-1, true, Kind::Float)]
+                // One output: a traced method cannot return a tuple.
+                vec![(xs[0].apply(&la) + xs[1].apply(&lb)).tanh()]
             })
         }
         other => bail!("unknown built-in model '{other}'"),
@@ -318,4 +318,62 @@ fn flatten_output(v: IValue) -> Result<Vec<(String, Tensor)>> {
             _ => bail!("output {i} of the model is not a tensor"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuple_list_and_dict_outputs_get_documented_names() {
+        let t = || Tensor::zeros([2, 3], (Kind::Float, tch::Device::Cpu));
+        let names = |v: IValue| {
+            flatten_output(v)
+                .unwrap()
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(IValue::Tensor(t())), ["output"]);
+        assert_eq!(
+            names(IValue::Tuple(vec![
+                IValue::Tensor(t()),
+                IValue::Tensor(t())
+            ])),
+            ["output_0", "output_1"]
+        );
+        assert_eq!(
+            names(IValue::TensorList(vec![t(), t(), t()])),
+            ["output_0", "output_1", "output_2"]
+        );
+        let dict =
+            IValue::GenericDict(vec![(IValue::String("logits".into()), IValue::Tensor(t()))]);
+        assert_eq!(names(dict), ["logits"]);
+        assert!(flatten_output(IValue::Int(3)).is_err());
+    }
+
+    #[test]
+    fn every_builtin_serves_batch_sizes_other_than_the_traced_one() {
+        for (name, _, _) in BUILTINS {
+            let inputs = builtin_inputs(name).unwrap();
+            let m = Model::load(name, &format!("builtin:{name}"), inputs).unwrap();
+            for b in [1, 3] {
+                let out = m
+                    .forward(&m.example_inputs(b))
+                    .unwrap_or_else(|e| panic!("{name} at batch {b}: {e:#}"));
+                assert_eq!(out[0].1.size()[0], b, "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn builtins_have_the_same_weights_in_every_load() {
+        let spec = builtin_inputs("tiny_cnn").unwrap();
+        let a = Model::load("a", "builtin:tiny_cnn", spec.clone()).unwrap();
+        let b = Model::load("b", "builtin:tiny_cnn", spec).unwrap();
+        let x = a.example_inputs(2);
+        assert!(a.forward(&x).unwrap()[0]
+            .1
+            .equal(&b.forward(&x).unwrap()[0].1));
+    }
 }

@@ -111,7 +111,19 @@ impl Topology {
 
     /// CPUs per NUMA node, each ordered physical cores first (first sibling of every core by
     /// id), then the remaining SMT siblings.
+    /// The first CPU (by id) of every physical core: the one used before its SMT siblings.
+    fn physical(&self) -> std::collections::HashSet<usize> {
+        let mut seen = std::collections::HashSet::new();
+        let mut cpus: Vec<&Cpu> = self.cpus.iter().collect();
+        cpus.sort_by_key(|c| c.id);
+        cpus.into_iter()
+            .filter(|c| seen.insert(c.core))
+            .map(|c| c.id)
+            .collect()
+    }
+
     fn ordered_by_node(&self) -> Vec<Vec<usize>> {
+        let physical = self.physical();
         let mut nodes: BTreeMap<usize, Vec<&Cpu>> = BTreeMap::new();
         for c in &self.cpus {
             nodes.entry(c.node).or_default().push(c);
@@ -120,9 +132,8 @@ impl Topology {
             .into_values()
             .map(|mut cs| {
                 cs.sort_by_key(|c| c.id);
-                let mut seen = std::collections::HashSet::new();
                 let (first, rest): (Vec<&Cpu>, Vec<&Cpu>) =
-                    cs.into_iter().partition(|c| seen.insert(c.core));
+                    cs.into_iter().partition(|c| physical.contains(&c.id));
                 first.into_iter().chain(rest).map(|c| c.id).collect()
             })
             .collect()
@@ -133,9 +144,10 @@ impl Topology {
         self.ordered_by_node().concat()
     }
 
-    /// Gives each instance (by thread count) its cores: largest first, first fit into a node as
-    /// a contiguous run of that node's ordered CPUs; an instance larger than any node's free
-    /// room takes what is left, across nodes. Returns cores in the instances' order.
+    /// Gives each instance (by thread count) its cores: largest first, into the node whose next
+    /// free CPUs hold the most physical cores (so SMT siblings are used last), as a contiguous
+    /// run of that node's ordered CPUs; an instance larger than any node's free room takes what
+    /// is left, across nodes. Returns cores in the instances' order.
     pub fn assign(&self, threads: &[usize]) -> Result<Vec<Vec<usize>>> {
         let total: usize = threads.iter().sum();
         if total > self.len() {
@@ -145,13 +157,25 @@ impl Topology {
             );
         }
         let mut free: Vec<Vec<usize>> = self.ordered_by_node();
+        let physical = self.physical();
         let mut order: Vec<usize> = (0..threads.len()).collect();
         order.sort_by_key(|&i| (std::cmp::Reverse(threads[i]), i));
         let mut out = vec![Vec::new(); threads.len()];
         for i in order {
             let t = threads[i];
-            if let Some(node) = free.iter_mut().find(|n| n.len() >= t) {
-                out[i] = node.drain(..t).collect();
+            let best = free
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.len() >= t)
+                .max_by_key(|(k, n)| {
+                    (
+                        n[..t].iter().filter(|c| physical.contains(c)).count(),
+                        std::cmp::Reverse(*k),
+                    )
+                })
+                .map(|(k, _)| k);
+            if let Some(k) = best {
+                out[i] = free[k].drain(..t).collect();
             } else {
                 for node in free.iter_mut() {
                     let take = (t - out[i].len()).min(node.len());

@@ -1,0 +1,661 @@
+//! Integration tests: the real `packrat` binary on a temporary spool — files in, real inotify,
+//! real signals (SIGTERM, SIGHUP, SIGSTOP, kill -9), sd_notify on a real socket.
+
+use std::fs;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use packrat::cli::{submit_one, wait_for};
+use packrat::model::{builtin_inputs, Model};
+use packrat::tensorfile::{self, Format};
+use tch::{Kind, Tensor};
+
+struct Agent {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    config: PathBuf,
+}
+
+fn config_text(dir: &Path, model: &str, extra: &str) -> String {
+    format!(
+        "spool = \"{}\"\nstate_dir = \"{}\"\nrescan_interval_ms = 200\n\n[[model]]\nname = \"m\"\nsource = \"builtin:{model}\"\nmax_batch = 8\n{extra}\n",
+        dir.join("spool").display(),
+        dir.join("state").display()
+    )
+}
+
+impl Agent {
+    fn start(model: &str, extra: &str) -> Agent {
+        Self::start_with(model, extra, &[])
+    }
+
+    fn start_with(model: &str, extra: &str, env: &[(&str, &str)]) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("packrat.toml");
+        fs::write(&config, config_text(dir.path(), model, extra)).unwrap();
+        let mut a = Agent {
+            dir,
+            child: None,
+            config,
+        };
+        a.spawn(env);
+        a
+    }
+
+    fn spawn(&mut self, env: &[(&str, &str)]) {
+        let _ = fs::remove_file(self.state().join("status.json"));
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_packrat"));
+        cmd.args(["serve", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::from(log));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().unwrap());
+        let t0 = Instant::now();
+        while !self.state().join("status.json").exists() {
+            if let Some(code) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("agent exited at start ({code}): {}", self.log());
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "agent not ready: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().unwrap().id() as i32)
+    }
+
+    fn model_dir(&self) -> PathBuf {
+        self.dir.path().join("spool/m")
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&fs::read_to_string(self.state().join("status.json")).unwrap())
+            .unwrap()
+    }
+
+    /// Writes `tensors` to a job file and submits it; returns the job name.
+    fn submit(&self, name: &str, tensors: &[(String, Tensor)]) -> String {
+        let path = self.dir.path().join(name);
+        let fmt = Format::from_path(&path).unwrap();
+        tensorfile::write(&mut fs::File::create(&path).unwrap(), fmt, tensors).unwrap();
+        submit_one(&self.model_dir(), &path).unwrap()
+    }
+
+    fn wait(&self, name: &str) -> Result<PathBuf, String> {
+        wait_for(&self.model_dir(), name, Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("{e}: {}", self.log()))
+    }
+
+    fn stop(&mut self, sig: Signal) -> i32 {
+        let mut child = self.child.take().unwrap();
+        kill(Pid::from_raw(child.id() as i32), sig).unwrap();
+        child.wait().unwrap().code().unwrap_or(-1)
+    }
+
+    fn files(&self, sub: &str) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.model_dir().join(sub))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn input(model: &str, batch: i64) -> Tensor {
+    let spec = &builtin_inputs(model).unwrap()[0];
+    let mut shape = vec![batch];
+    shape.extend(&spec.shape);
+    Tensor::randn(&shape, (Kind::Float, tch::Device::Cpu))
+}
+
+/// The same built-in run in this process on one thread: what the agent must reproduce.
+fn reference(model: &str, inputs: &[Tensor]) -> Vec<(String, Tensor)> {
+    tch::set_num_threads(1);
+    let m = Model::load(
+        "ref",
+        &format!("builtin:{model}"),
+        builtin_inputs(model).unwrap(),
+    )
+    .unwrap();
+    m.forward(inputs).unwrap()
+}
+
+fn read(path: &Path) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> =
+        tensorfile::read(path, Format::from_path(path).unwrap(), 1 << 30)
+            .unwrap()
+            .into_iter()
+            .map(|n| (n.name, n.tensor))
+            .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn assert_close(a: &Tensor, b: &Tensor) {
+    assert_eq!(a.size(), b.size());
+    assert!(
+        a.allclose(b, 1e-4, 1e-4, false),
+        "max diff {}",
+        (a - b).abs().max().double_value(&[])
+    );
+}
+
+const TWO_INSTANCES: &str = "plan = [{ threads = 1, batch = 2 }, { threads = 1, batch = 2 }]";
+
+#[test]
+fn every_format_round_trips_and_matches_the_in_process_model() {
+    let agent = Agent::start("tiny_cnn", TWO_INSTANCES);
+    let x = input("tiny_cnn", 5);
+    let want = reference("tiny_cnn", &[x.shallow_clone()]);
+    for ext in ["npy", "npz", "safetensors"] {
+        let name = agent.submit(
+            &format!("job.{ext}"),
+            &[("input".into(), x.shallow_clone())],
+        );
+        let out = agent.wait(&name).unwrap();
+        assert_eq!(
+            out.extension().unwrap(),
+            ext,
+            "output keeps the input's format"
+        );
+        let got = read(&out);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, if ext == "npy" { "input" } else { "output" });
+        assert_close(&got[0].1, &want[0].1);
+    }
+    // Same name again: a new output, nothing overwritten.
+    let again = agent.submit("job.npy", &[("input".into(), x.shallow_clone())]);
+    assert_ne!(again, "job.npy");
+    agent.wait(&again).unwrap();
+    assert_eq!(agent.files("out").len(), 4);
+}
+
+#[test]
+fn multi_input_models_take_inputs_by_name() {
+    let agent = Agent::start("two_heads", "");
+    let a = Tensor::randn([3, 16], (Kind::Float, tch::Device::Cpu));
+    let b = Tensor::randn([3, 8], (Kind::Float, tch::Device::Cpu));
+    let want = reference("two_heads", &[a.shallow_clone(), b.shallow_clone()]);
+    for ext in ["npz", "safetensors"] {
+        // Inputs in the file in the "wrong" order: matched by name.
+        let name = agent.submit(
+            &format!("pair.{ext}"),
+            &[
+                ("b".into(), b.shallow_clone()),
+                ("a".into(), a.shallow_clone()),
+            ],
+        );
+        let got = read(&agent.wait(&name).unwrap());
+        assert_eq!(got.len(), 1);
+        assert_close(&got[0].1, &want[0].1);
+    }
+    let name = agent.submit("only-a.npz", &[("a".into(), a.shallow_clone())]);
+    assert!(agent
+        .wait(&name)
+        .unwrap_err()
+        .contains("input 'b' is missing"));
+}
+
+#[test]
+fn waiting_jobs_are_coalesced_and_split_back_per_job() {
+    let agent = Agent::start("tiny_cnn", TWO_INSTANCES);
+    // Freeze the agent so that every job is waiting when it looks.
+    kill(agent.pid(), Signal::SIGSTOP).unwrap();
+    let inputs: Vec<Tensor> = (0..6).map(|i| input("tiny_cnn", 1 + i % 3)).collect();
+    let names: Vec<String> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, x)| agent.submit(&format!("c{i}.npy"), &[("input".into(), x.shallow_clone())]))
+        .collect();
+    kill(agent.pid(), Signal::SIGCONT).unwrap();
+    for (name, x) in names.iter().zip(&inputs) {
+        let got = read(&agent.wait(name).unwrap());
+        assert_close(&got[0].1, &reference("tiny_cnn", &[x.shallow_clone()])[0].1);
+    }
+    std::thread::sleep(Duration::from_millis(1300));
+    let st = agent.status();
+    let batches = st["models"][0]["batches"].as_u64().unwrap();
+    assert_eq!(st["models"][0]["jobs_done"], 6);
+    // 12 items with max_batch 8: two batches when all six were waiting.
+    assert!(
+        batches < 6,
+        "jobs were not coalesced: {batches} batches for 6 jobs"
+    );
+}
+
+#[test]
+fn kill_9_mid_job_then_restart_finishes_it_exactly_once() {
+    let mut agent = Agent::start("resnet18", "plan = \"baseline\"\nmax_job_bytes = 100000000");
+    let name = agent.submit("big.npy", &[("input".into(), input("resnet18", 24))]);
+    let t0 = Instant::now();
+    while agent.files("processing") != [name.clone()] {
+        assert!(t0.elapsed() < Duration::from_secs(30), "job never claimed");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    agent.stop(Signal::SIGKILL);
+    assert_eq!(
+        agent.files("out"),
+        Vec::<String>::new(),
+        "killed before the output"
+    );
+    assert_eq!(agent.files("processing"), std::slice::from_ref(&name));
+    agent.spawn(&[]);
+    let out = agent.wait(&name).unwrap();
+    assert_eq!(read(&out)[0].1.size(), [24, 1000]);
+    assert_eq!(agent.files("out"), std::slice::from_ref(&name));
+    // The input (and its attempt counter) is retired right after the output is published.
+    let t0 = Instant::now();
+    while fs::read_dir(agent.model_dir().join("processing"))
+        .unwrap()
+        .next()
+        .is_some()
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "processing/ is not left clean"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(agent.files("failed").is_empty());
+    assert!(agent.log().contains("run again"));
+}
+
+#[test]
+fn sigterm_finishes_claimed_jobs_and_exits_zero() {
+    let mut agent = Agent::start("resnet18", "plan = \"baseline\"");
+    let names: Vec<String> = (0..3)
+        .map(|i| {
+            agent.submit(
+                &format!("d{i}.npy"),
+                &[("input".into(), input("resnet18", 6))],
+            )
+        })
+        .collect();
+    let t0 = Instant::now();
+    while !agent.files("incoming").is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(agent.stop(Signal::SIGTERM), 0, "{}", agent.log());
+    let mut outs = agent.files("out");
+    outs.sort();
+    assert_eq!(outs, names, "every claimed job finished before exit");
+    assert!(agent.files("processing").is_empty());
+}
+
+#[test]
+fn sd_notify_ready_watchdog_reload_and_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut agent = Agent::start_with(
+        "tiny_cnn",
+        "",
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let mut seen = Vec::new();
+    let recv_until = |want: &str, seen: &mut Vec<String>| {
+        let mut buf = [0u8; 4096];
+        let t0 = Instant::now();
+        while !seen
+            .iter()
+            .any(|m: &String| m.lines().any(|l| l == want || l.starts_with(want)))
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "no {want}; got {seen:?}"
+            );
+            let n = sock.recv(&mut buf).unwrap();
+            seen.push(String::from_utf8_lossy(&buf[..n]).to_string());
+        }
+    };
+    recv_until("READY=1", &mut seen);
+    assert!(seen.iter().any(|m| m.starts_with("STATUS=")), "{seen:?}");
+    let ready_at = seen.len();
+    recv_until("WATCHDOG=1", &mut seen);
+    assert!(seen.len() > ready_at);
+    seen.clear();
+    kill(agent.pid(), Signal::SIGHUP).unwrap();
+    recv_until("RELOADING=1", &mut seen);
+    recv_until("READY=1", &mut seen);
+    assert!(seen.iter().any(|m| m.contains("MONOTONIC_USEC=")));
+    seen.clear();
+    let child_pid = agent.pid();
+    kill(child_pid, Signal::SIGTERM).unwrap();
+    recv_until("STOPPING=1", &mut seen);
+    assert_eq!(agent.child.take().unwrap().wait().unwrap().code(), Some(0));
+}
+
+fn task_cpus(pid: Pid) -> Vec<(i32, String, String)> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .map(|t| {
+            let tid: i32 = t.file_name().to_string_lossy().parse().unwrap();
+            let comm = fs::read_to_string(t.path().join("comm"))
+                .unwrap()
+                .trim()
+                .to_string();
+            let status = fs::read_to_string(t.path().join("status")).unwrap();
+            let cpus = status
+                .lines()
+                .find(|l| l.starts_with("Cpus_allowed_list:"))
+                .unwrap()
+                .split(':')
+                .nth(1)
+                .unwrap()
+                .trim()
+                .to_string();
+            (tid, comm, cpus)
+        })
+        .collect()
+}
+
+#[test]
+fn instances_are_pinned_and_keep_their_own_thread_counts() {
+    let agent = Agent::start(
+        "tiny_cnn",
+        "plan = [{ threads = 1, batch = 1, cores = [1] }, { threads = 1, batch = 1, cores = [0] }]",
+    );
+    let st = agent.status();
+    let insts = st["models"][0]["instances"].as_array().unwrap().clone();
+    assert_eq!(insts.len(), 2);
+    let tasks = task_cpus(agent.pid());
+    for inst in &insts {
+        assert_eq!(
+            inst["observed_threads"], 1,
+            "libtorch inside the instance thread sees its own count"
+        );
+        let tid = inst["tid"].as_i64().unwrap() as i32;
+        let (_, comm, cpus) = tasks
+            .iter()
+            .find(|t| t.0 == tid)
+            .expect("instance thread exists");
+        assert!(comm.starts_with("pr-m-"), "{comm}");
+        assert_eq!(cpus, &inst["cores"][0].as_u64().unwrap().to_string());
+    }
+    let mut cores: Vec<String> = insts.iter().map(|i| i["cores"][0].to_string()).collect();
+    cores.sort();
+    assert_eq!(cores, ["0", "1"]);
+    drop(agent);
+
+    // Baseline: one instance with both threads; its OpenMP workers stay inside its mask.
+    let agent = Agent::start("resnet18", "plan = \"baseline\"");
+    let st = agent.status();
+    let inst = &st["models"][0]["instances"][0];
+    assert_eq!(inst["observed_threads"], 2);
+    let tasks = task_cpus(agent.pid());
+    let (_, _, cpus) = tasks
+        .iter()
+        .find(|t| t.0 == inst["tid"].as_i64().unwrap() as i32)
+        .unwrap();
+    assert_eq!(cpus, "0-1");
+}
+
+fn npy_header(descr: &str, shape: &str) -> Vec<u8> {
+    let h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}\n");
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    b.extend_from_slice(h.as_bytes());
+    b
+}
+
+#[test]
+fn bad_inputs_land_in_failed_with_a_reason_and_the_agent_keeps_serving() {
+    let agent = Agent::start("tiny_cnn", "");
+    let inc = agent.model_dir().join("incoming");
+    let good = {
+        let p = agent.dir.path().join("good.npy");
+        tensorfile::write(
+            &mut fs::File::create(&p).unwrap(),
+            Format::Npy,
+            &[("x".into(), input("tiny_cnn", 2))],
+        )
+        .unwrap();
+        fs::read(&p).unwrap()
+    };
+    let mut truncated = good.clone();
+    truncated.truncate(good.len() / 2);
+    let f64_job = {
+        let p = agent.dir.path().join("f64.npy");
+        tensorfile::write(
+            &mut fs::File::create(&p).unwrap(),
+            Format::Npy,
+            &[("x".into(), input("tiny_cnn", 1).to_kind(Kind::Double))],
+        )
+        .unwrap();
+        fs::read(&p).unwrap()
+    };
+    let mut huge = npy_header("<f4", "(4000000000, 3, 32, 32)");
+    huge.extend_from_slice(&[0u8; 128]);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("truncated.npy", truncated, "truncated"),
+        ("dtype.npy", f64_job, "dtype float64"),
+        (
+            "shape.npy",
+            npy_header("<f4", "(2, 5)")
+                .into_iter()
+                .chain([0u8; 40])
+                .collect(),
+            "has shape [2, 5]",
+        ),
+        ("huge.npy", huge, "truncated"),
+        ("empty.npy", Vec::new(), "empty"),
+        ("notes.txt", b"hello".to_vec(), "no known extension"),
+        ("bad zip.npz", b"PK not really".to_vec(), "not a valid .npz"),
+        (
+            "ünïcode bad.safetensors",
+            vec![255u8; 12],
+            "header declares",
+        ),
+    ];
+    for (name, bytes, _) in &cases {
+        let tmp = agent.model_dir().join("tmp").join(name);
+        fs::write(&tmp, bytes).unwrap();
+        fs::rename(&tmp, inc.join(name)).unwrap();
+    }
+    std::os::unix::fs::symlink(agent.dir.path().join("good.npy"), inc.join("link.npy")).unwrap();
+    fs::create_dir(inc.join("dir.npy")).unwrap();
+    nix::unistd::mkfifo(&inc.join("fifo.npy"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    // In-progress names are never touched.
+    fs::write(inc.join(".hidden.npy"), &good).unwrap();
+    fs::write(inc.join("upload.npy.part"), &good).unwrap();
+    let mut expect: Vec<(String, &str)> = cases
+        .iter()
+        .map(|(n, _, why)| (n.to_string(), *why))
+        .collect();
+    expect.push(("link.npy".into(), "symbolic link"));
+    expect.push(("dir.npy".into(), "a directory"));
+    expect.push(("fifo.npy".into(), "a FIFO"));
+    for (name, why) in &expect {
+        let reason = wait_for(&agent.model_dir(), name, Duration::from_secs(60))
+            .unwrap()
+            .unwrap_err();
+        assert!(reason.contains(why), "{name}: '{reason}' lacks '{why}'");
+        assert!(
+            agent
+                .model_dir()
+                .join("failed")
+                .join(name)
+                .symlink_metadata()
+                .is_ok(),
+            "{name} kept in failed/"
+        );
+        let rec: serde_json::Value = serde_json::from_str(
+            &fs::read_to_string(
+                agent
+                    .model_dir()
+                    .join("failed")
+                    .join(format!("{name}.error.json")),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(rec["time"].as_str().unwrap().ends_with('Z') && rec["error"].is_string());
+    }
+    // Still serving, including names with spaces and unicode.
+    let ok = agent.submit(
+        "späce ✓ name.npy",
+        &[("input".into(), input("tiny_cnn", 2))],
+    );
+    assert!(agent.wait(&ok).unwrap().ends_with("out/späce ✓ name.npy"));
+    assert!(inc.join(".hidden.npy").exists() && inc.join("upload.npy.part").exists());
+    assert!(
+        nix::sys::signal::kill(agent.pid(), None).is_ok(),
+        "agent alive"
+    );
+}
+
+#[test]
+fn a_bad_config_is_refused_with_the_field_and_exit_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("max_job_bytes = 0", "model[0].max_job_bytes"),
+        ("source = \"builtin:nope\"", "duplicate key"),
+        ("plan = \"fastest\"", "model[0].plan"),
+        ("inptu = [3]", "unknown field"),
+        ("input = [3, 0]", "model[0].input"),
+    ];
+    for (extra, want) in cases {
+        let cfg = dir.path().join("bad.toml");
+        fs::write(&cfg, config_text(dir.path(), "tiny_cnn", extra)).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_packrat"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(78), "{extra}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want) && err.contains("fix:"), "{extra}: {err}");
+    }
+}
+
+#[test]
+fn sighup_applies_a_new_plan_and_refuses_a_bad_config_without_dropping_jobs() {
+    let agent = Agent::start("tiny_cnn", "plan = \"baseline\"");
+    let x = input("tiny_cnn", 4);
+    let n1 = agent.submit("before.npy", &[("input".into(), x.shallow_clone())]);
+    agent.wait(&n1).unwrap();
+    // Reconfigure to two instances while jobs keep arriving.
+    fs::write(
+        &agent.config,
+        config_text(agent.dir.path(), "tiny_cnn", TWO_INSTANCES),
+    )
+    .unwrap();
+    let mut names = Vec::new();
+    for i in 0..20 {
+        if i == 5 {
+            kill(agent.pid(), Signal::SIGHUP).unwrap();
+        }
+        names.push(agent.submit(
+            &format!("during{i}.npy"),
+            &[("input".into(), x.shallow_clone())],
+        ));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for n in &names {
+        agent.wait(n).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1300));
+    let st = agent.status();
+    assert_eq!(st["models"][0]["plan_source"], "config");
+    assert_eq!(
+        st["models"][0]["last_plan"]["instances"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // A broken config is refused; the agent keeps the running one and keeps serving.
+    fs::write(&agent.config, "spool = 5\n").unwrap();
+    kill(agent.pid(), Signal::SIGHUP).unwrap();
+    let n2 = agent.submit("after.npy", &[("input".into(), x.shallow_clone())]);
+    agent.wait(&n2).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(agent.log().contains("reload refused"), "{}", agent.log());
+    assert_eq!(agent.status()["models"][0]["plan_source"], "config");
+}
+
+#[test]
+fn a_python_client_writes_npy_and_reads_the_output() {
+    let python = std::env::var("PACKRAT_TEST_PYTHON").unwrap_or_else(|_| ".venv/bin/python".into());
+    let agent = Agent::start("tiny_cnn", "");
+    let script = r#"
+import numpy as np, os, sys, time, json
+d = sys.argv[1]
+x = np.random.default_rng(7).standard_normal((3, 3, 32, 32)).astype(np.float32)
+np.save(os.path.join(d, "tmp", "client.npy"), x)
+np.save(os.path.join(sys.argv[2]), x)
+os.rename(os.path.join(d, "tmp", "client.npy"), os.path.join(d, "incoming", "client.npy"))
+out = os.path.join(d, "out", "client.npy")
+t0 = time.time()
+while not os.path.exists(out):
+    assert time.time() - t0 < 60, "no output"
+    time.sleep(0.01)
+y = np.load(out)
+print(json.dumps({"shape": list(y.shape), "dtype": str(y.dtype)}))
+"#;
+    let copy = agent.dir.path().join("sent.npy");
+    let out = Command::new(&python)
+        .args(["-c", script])
+        .arg(agent.model_dir())
+        .arg(&copy)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python} ({e}): run the tests through packaging/test.sh, which sets up numpy"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["shape"], serde_json::json!([3, 10]));
+    assert_eq!(v["dtype"], "float32");
+    let sent = read(&copy);
+    let got = read(&agent.model_dir().join("out/client.npy"));
+    assert_close(
+        &got[0].1,
+        &reference("tiny_cnn", &[sent[0].1.shallow_clone()])[0].1,
+    );
+}

@@ -1,0 +1,314 @@
+//! Planner tests: the DP against brute force, against the reference semantics on the authors'
+//! profiles, the consistency of every plan it emits, bad profiles, and `packrat plan --json`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use packrat::planner::dp::{self, Part};
+use packrat::planner::profile::{Curve, Point, ProfileFile};
+use packrat::planner::topology::Topology;
+use packrat::planner::PlanTable;
+use proptest::prelude::*;
+
+fn shared_profiles() -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/profiles");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (the tests need shared/profiles beside the checkout)",
+                dir.display()
+            )
+        })
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    v.sort();
+    assert_eq!(v.len(), 8, "expected the 8 profiles of shared/profiles");
+    v
+}
+
+/// Minimum over every multiset of instances (t, b) with Σt <= cores and Σb = batch of the
+/// slowest instance, by plain enumeration (instances in non-increasing (t, b) order).
+fn brute(curve: &Curve, cores: usize, batch: usize) -> f64 {
+    fn go(curve: &Curve, cores: usize, left: usize, max_part: (usize, usize), worst: f64) -> f64 {
+        if left == 0 {
+            return worst;
+        }
+        let mut best = f64::INFINITY;
+        for (ti, &t) in curve.threads.iter().enumerate() {
+            if t > cores {
+                continue;
+            }
+            for b in 1..=left {
+                if (t, b) > max_part {
+                    continue;
+                }
+                let w = worst.max(curve.latency(ti, b));
+                best = best.min(go(curve, cores - t, left - b, (t, b), w));
+            }
+        }
+        best
+    }
+    go(curve, cores, batch, (usize::MAX, usize::MAX), 0.0)
+}
+
+fn curve_strategy() -> impl Strategy<Value = (Vec<Point>, usize)> {
+    (
+        1usize..=4,
+        proptest::collection::vec(1.0f64..100.0, 16),
+        proptest::bool::ANY,
+    )
+        .prop_map(|(cores, lats, sparse)| {
+            let threads: Vec<usize> = if sparse {
+                vec![1, cores]
+            } else {
+                (1..=cores).collect()
+            };
+            let mut points = Vec::new();
+            let mut k = 0;
+            for &t in threads.iter().collect::<std::collections::BTreeSet<_>>() {
+                let mut acc = 0.0;
+                for b in [1usize, 2, 4] {
+                    acc += lats[k % lats.len()];
+                    k += 1;
+                    points.push(Point {
+                        threads: t,
+                        batch: b,
+                        latency_ms: acc,
+                        latency_min_ms: None,
+                        latency_max_ms: None,
+                        samples: None,
+                    });
+                }
+            }
+            (points, cores)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(150))]
+    #[test]
+    fn dp_equals_brute_force((points, cores) in curve_strategy(), batch in 1usize..=7) {
+        let curve = Curve::from_points(&points).unwrap();
+        let sol = dp::solve(&curve, cores, batch);
+        for b in 1..=batch {
+            let (parts, lat) = sol.plan(b).unwrap();
+            let want = brute(&curve, cores, b);
+            prop_assert!((lat - want).abs() <= 1e-9 * want, "B={b}: dp {lat} brute {want}");
+            // The plan's own numbers add up.
+            prop_assert_eq!(parts.iter().map(|p| p.batch).sum::<usize>(), b);
+            prop_assert!(parts.iter().map(|p| p.threads).sum::<usize>() <= cores);
+            let slowest = parts.iter().map(|p| curve.latency(curve.threads.binary_search(&p.threads).unwrap(), p.batch)).fold(0.0, f64::max);
+            prop_assert_eq!(slowest, lat);
+        }
+    }
+}
+
+#[test]
+fn never_worse_than_the_reference_on_the_authors_profiles() {
+    for path in shared_profiles() {
+        let pf = ProfileFile::load(&path).unwrap();
+        let curve = pf.curve().unwrap();
+        for cores in [1, 2, 4, 8, pf.cores] {
+            let sol = dp::solve(&curve, cores, 128);
+            for batch in [1, 2, 3, 4, 8, 16, 24, 32, 64, 128] {
+                let (_, ours) = sol.plan(batch).unwrap();
+                if let Some((reference, parts)) = dp::reference(&curve, cores, batch) {
+                    assert!(
+                        ours <= reference + 1e-9,
+                        "{}: N={cores} B={batch}: ours {ours} > reference {reference}",
+                        path.display()
+                    );
+                    assert_eq!(
+                        parts.iter().map(|p| p.threads).sum::<usize>(),
+                        cores,
+                        "reference uses every core"
+                    );
+                }
+                if let Some(base) = dp::baseline(&curve, cores, batch) {
+                    assert!(
+                        ours <= base + 1e-9,
+                        "never worse than one instance with all cores"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn idle_cores_beat_the_reference_for_inception_at_batch_1() {
+    // The Skylake-18 profile planned for 16 of its cores, as in DESIGN §4.
+    let path = shared_profiles()
+        .into_iter()
+        .find(|p| p.ends_with("inception_skylake18.json"))
+        .unwrap();
+    let curve = ProfileFile::load(&path).unwrap().curve().unwrap();
+    let (reference, _) = dp::reference(&curve, 16, 1).unwrap();
+    let (parts, ours) = dp::solve(&curve, 16, 1).plan(1).unwrap();
+    // DESIGN §4: the reference predicts 32.3 ms; 8 threads alone give 27.5 ms.
+    assert!((reference - 32.3).abs() < 0.1, "reference {reference}");
+    assert!(ours < reference - 4.0, "ours {ours}");
+    assert_eq!(parts.len(), 1);
+    assert!(
+        parts[0].threads < 16,
+        "an idle core must be allowed: {parts:?}"
+    );
+    let best_single = curve
+        .threads
+        .iter()
+        .enumerate()
+        .filter(|(_, &t)| t <= 16)
+        .map(|(ti, _)| curve.latency(ti, 1))
+        .fold(f64::INFINITY, f64::min);
+    assert_eq!(ours, best_single);
+    assert!((ours - 27.5).abs() < 0.1, "8 threads alone: {ours}");
+}
+
+#[test]
+fn non_power_of_two_sub_batches_help_where_powers_cannot_split() {
+    // B = 24 on 16 cores: the reference must use profiled batch sizes only.
+    let path = shared_profiles()
+        .into_iter()
+        .find(|p| p.ends_with("resnet_cloudlab16.json"))
+        .unwrap();
+    let curve = ProfileFile::load(&path).unwrap().curve().unwrap();
+    let (parts, ours) = dp::solve(&curve, 16, 24).plan(24).unwrap();
+    let (reference, _) = dp::reference(&curve, 16, 24).unwrap();
+    assert!(ours < reference, "ours {ours} reference {reference}");
+    assert!(
+        parts.iter().any(|p: &Part| !p.batch.is_power_of_two()),
+        "{parts:?}"
+    );
+}
+
+#[test]
+fn every_plan_in_a_table_is_consistent_and_gets_disjoint_contiguous_cores() {
+    for path in shared_profiles() {
+        let pf = ProfileFile::load(&path).unwrap();
+        let curve = pf.curve().unwrap();
+        let topo = Topology::flat(pf.cores);
+        let table = PlanTable::from_curve(&curve, &topo, 128).unwrap();
+        for (i, plan) in table.plans.iter().enumerate() {
+            assert_eq!(plan.batch, i + 1);
+            assert_eq!(
+                plan.instances.iter().map(|p| p.batch).sum::<usize>(),
+                plan.batch
+            );
+            let mut seen = std::collections::HashSet::new();
+            for inst in &plan.instances {
+                assert_eq!(inst.cores.len(), inst.threads);
+                assert!(
+                    inst.cores.windows(2).all(|w| w[1] == w[0] + 1),
+                    "contiguous: {:?}",
+                    inst.cores
+                );
+                for c in &inst.cores {
+                    assert!(seen.insert(*c), "core {c} given twice in {plan:?}");
+                }
+            }
+            let slowest = plan
+                .instances
+                .iter()
+                .map(|p| curve.latency(curve.threads.binary_search(&p.threads).unwrap(), p.batch))
+                .fold(0.0, f64::max);
+            assert_eq!(plan.predicted_latency_ms, Some(slowest));
+        }
+    }
+}
+
+fn profile_error(json: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.json");
+    std::fs::write(&p, json).unwrap();
+    match ProfileFile::load(&p).and_then(|f| f.curve()) {
+        Ok(_) => panic!("accepted a bad profile: {json}"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[test]
+fn bad_profiles_are_refused_with_a_reason() {
+    let pt =
+        |t: usize, b: usize, l: &str| format!(r#"{{"threads":{t},"batch":{b},"latency_ms":{l}}}"#);
+    let file =
+        |pts: Vec<String>| format!(r#"{{"model":"m","cores":2,"points":[{}]}}"#, pts.join(","));
+    assert!(profile_error("").contains("empty"));
+    assert!(profile_error(&file(vec![])).contains("no points"));
+    assert!(profile_error(&file(vec![pt(1, 2, "5.0")]))
+        .contains("missing the point (threads 1, batch 1)"));
+    assert!(profile_error(&file(vec![pt(1, 1, "0")])).contains("finite and > 0"));
+    assert!(profile_error(&file(vec![pt(1, 1, "-3")])).contains("finite and > 0"));
+    assert!(profile_error(&file(vec![pt(1, 1, "NaN")])).contains("not valid profile JSON"));
+    assert!(profile_error(&file(vec![pt(1, 1, "null")])).contains("not valid profile JSON"));
+    assert!(
+        profile_error(r#"{"model":"m","cores":2,"points":[{"threads":1,"batch":1}]}"#)
+            .contains("not valid profile JSON")
+    );
+}
+
+#[test]
+fn plan_json_has_the_promised_shape_for_every_shared_profile() {
+    for path in shared_profiles() {
+        let cores = ProfileFile::load(&path).unwrap().cores;
+        for n in [1, cores / 2, cores] {
+            let out = Command::new(env!("CARGO_BIN_EXE_packrat"))
+                .args(["plan", "--profile"])
+                .arg(&path)
+                .args(["--cores", &n.to_string(), "--batch", "32", "--json"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+            assert_eq!(
+                keys,
+                [
+                    "baseline_latency_ms",
+                    "batch",
+                    "cores",
+                    "instances",
+                    "predicted_latency_ms"
+                ]
+            );
+            assert_eq!(v["batch"], 32);
+            assert_eq!(v["cores"], n);
+            assert!(v["baseline_latency_ms"].is_f64());
+            let insts = v["instances"].as_array().unwrap();
+            assert_eq!(
+                insts
+                    .iter()
+                    .map(|i| i["batch"].as_u64().unwrap())
+                    .sum::<u64>(),
+                32
+            );
+            assert!(
+                insts
+                    .iter()
+                    .map(|i| i["threads"].as_u64().unwrap())
+                    .sum::<u64>()
+                    <= n as u64
+            );
+            assert!(insts
+                .iter()
+                .all(|i| i.as_object().unwrap().len() == 3 && i["cores"].is_array()));
+            assert!(
+                v["predicted_latency_ms"].as_f64().unwrap()
+                    <= v["baseline_latency_ms"].as_f64().unwrap()
+            );
+        }
+        let bad = Command::new(env!("CARGO_BIN_EXE_packrat"))
+            .args(["plan", "--profile"])
+            .arg(&path)
+            .args(["--cores", &(cores + 1).to_string(), "--batch", "4"])
+            .output()
+            .unwrap();
+        assert!(!bad.status.success());
+        assert!(String::from_utf8_lossy(&bad.stderr).contains("or fewer"));
+    }
+}
