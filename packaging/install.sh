@@ -16,6 +16,9 @@ else
     printf '#!/bin/sh\nLD_LIBRARY_PATH=%s exec %s "$@"\n' "$PREFIX/lib/packrat" "$PREFIX/lib/packrat/packrat" > "$PREFIX/bin/packrat"
     chmod 0755 "$PREFIX/bin/packrat"
 fi
+install -D -m 0644 packaging/packrat.sysusers.conf /usr/lib/sysusers.d/packrat.conf
+systemd-sysusers /usr/lib/sysusers.d/packrat.conf 2>/dev/null || id packrat >/dev/null 2>&1 || useradd --system --home-dir /var/lib/packrat --shell /usr/sbin/nologin packrat
+install -D -m 0644 README.md "$PREFIX/share/doc/packrat/README.md"
 install -d /etc/packrat
 [[ -e /etc/packrat/packrat.toml ]] || install -m 0644 examples/packrat.toml /etc/packrat/packrat.toml
 sed "s|/usr/local/bin/packrat|$PREFIX/bin/packrat|" systemd/packrat.service > /etc/systemd/system/packrat.service

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use plotters::prelude::*;
@@ -31,6 +31,9 @@ pub struct BenchArgs {
     /// Timed rounds per batch size (each round runs both configurations once).
     #[arg(long, default_value_t = 7)]
     pub rounds: usize,
+    /// Rounds that also time T1(B), the whole batch on one thread (0 to skip: it is slow).
+    #[arg(long, default_value_t = 3)]
+    pub t1_rounds: usize,
     /// Where the CSV, JSON and SVG go.
     #[arg(long, default_value = "bench-out")]
     pub out: PathBuf,
@@ -45,7 +48,9 @@ pub struct Row {
     pub speedup: f64,
     pub predicted_ms: Option<f64>,
     pub prediction_error_pct: Option<f64>,
-    /// T1(B)/N over the planned latency; T1 is the profile's one-thread latency for B items.
+    /// The whole batch on one thread, alone on the machine (median of `t1_rounds`).
+    pub t1_median_ms: Option<f64>,
+    /// Perfect-scaling limit T1(B)/N over the planned latency (1.0 = perfect scaling).
     pub parallel_efficiency: Option<f64>,
 }
 
@@ -74,12 +79,12 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     let planned =
         crate::daemon::build_plans(&mc, &model, &topo, &cfg.state_dir, &Notifier::from_env())?;
     let baseline = PlanTable::baseline(&topo, mc.max_batch);
-    let curve = crate::planner::profiler::cached(
-        &cfg.state_dir,
-        &crate::planner::profiler::profile_key(&mc, &topo)?,
-    )
-    .and_then(|p| p.curve().ok());
     let n = topo.len();
+    let one = vec![crate::instances::InstanceSpec {
+        threads: 1,
+        cores: vec![topo.ordered()[0]],
+    }];
+    let t1_set = InstanceSet::start(model.clone(), one, "t1")?;
     println!(
         "bench {} on {n} cores, {} rounds per batch (ABBA order)",
         mc.name, args.rounds
@@ -111,8 +116,14 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
             time_ms(sa, &inputs, &pa.shares())?;
             time_ms(sb, &inputs, &pb.shares())?;
         }
-        let (mut ta, mut tb) = (Vec::new(), Vec::new());
+        let (mut ta, mut tb, mut t1) = (Vec::new(), Vec::new(), Vec::new());
+        if args.t1_rounds > 0 {
+            time_ms(&t1_set, &inputs, &[b])?;
+        }
         for r in 0..args.rounds {
+            if r < args.t1_rounds {
+                t1.push(time_ms(&t1_set, &inputs, &[b])?);
+            }
             if r % 2 == 0 {
                 ta.push(time_ms(sa, &inputs, &pa.shares())?);
                 tb.push(time_ms(sb, &inputs, &pb.shares())?);
@@ -123,12 +134,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
         }
         let ma = percentile(ta, 50.0).unwrap_or(f64::NAN);
         let mb = percentile(tb, 50.0).unwrap_or(f64::NAN);
-        let t1 = curve.as_ref().and_then(|c| {
-            c.threads
-                .iter()
-                .position(|&t| t == 1)
-                .map(|ti| c.latency(ti, b))
-        });
+        let t1 = percentile(t1, 50.0);
         let row = Row {
             batch: b,
             plan: pb.summary(),
@@ -137,6 +143,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
             speedup: ma / mb,
             predicted_ms: pb.predicted_latency_ms,
             prediction_error_pct: pb.predicted_latency_ms.map(|p| (mb - p) / p * 100.0),
+            t1_median_ms: t1,
             parallel_efficiency: t1.map(|t1| t1 / n as f64 / mb),
         };
         let f =
@@ -167,17 +174,18 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     );
     std::fs::create_dir_all(&args.out)?;
     let stem = args.out.join(&mc.name);
-    let mut csv = String::from("batch,baseline_median_ms,planned_median_ms,speedup,predicted_ms,prediction_error_pct,parallel_efficiency,plan\n");
+    let mut csv = String::from("batch,baseline_median_ms,planned_median_ms,speedup,predicted_ms,prediction_error_pct,t1_median_ms,parallel_efficiency,plan\n");
     for r in &rows {
         let f = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_default();
         csv.push_str(&format!(
-            "{},{:.4},{:.4},{:.4},{},{},{},{}\n",
+            "{},{:.4},{:.4},{:.4},{},{},{},{},{}\n",
             r.batch,
             r.baseline_median_ms,
             r.planned_median_ms,
             r.speedup,
             f(r.predicted_ms),
             f(r.prediction_error_pct),
+            f(r.t1_median_ms),
             f(r.parallel_efficiency),
             r.plan
         ));
@@ -191,7 +199,6 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     )?;
     plot(&stem.with_extension("svg"), &mc.name, n, &rows)?;
     println!("wrote {}.{{csv,json,svg}}", stem.display());
-    let _ = Duration::ZERO;
     Ok(0)
 }
 

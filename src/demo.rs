@@ -69,10 +69,9 @@ pub fn run(model: &str) -> Result<i32> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    println!(
-        "\nagent ready after {:.1} s; submitting jobs\n",
-        t0.elapsed().as_secs_f64()
-    );
+    println!("\nagent ready after {:.1} s", t0.elapsed().as_secs_f64());
+    print_plans(&state, model)?;
+    println!("\nsubmitting jobs of several batch sizes, one at a time, then a malformed one\n");
     let model_dir = spool.join(model);
     let jobs_dir = dir.join("jobs");
     std::fs::create_dir_all(&jobs_dir)?;
@@ -143,4 +142,33 @@ pub fn run(model: &str) -> Result<i32> {
         model_dir.display()
     );
     Ok(if code.success() { 0 } else { 1 })
+}
+
+/// The plans the agent derived from the profile it just measured, for the demo's batch sizes.
+fn print_plans(state: &std::path::Path, model: &str) -> Result<()> {
+    use crate::planner::{profile::ProfileFile, topology, PlanTable};
+    let path = crate::planner::profiler::profile_path(state, model);
+    let pf = ProfileFile::load(&path)?;
+    let topo = topology::Topology::detect(&topology::allowed_cpus()?);
+    let table = PlanTable::from_curve(&pf.curve()?, &topo, 16)?;
+    println!(
+        "\nthe plan per batch size on this host's {} cores (from {}):",
+        topo.len(),
+        path.display()
+    );
+    println!(
+        "  {:>5}  {:>13}  {:>13}  plan (threads × items @ cores)",
+        "batch", "predicted ms", "1 instance ms"
+    );
+    for b in [1, 3, 4, 8, 16] {
+        let p = table.for_batch(b);
+        let f = |x: Option<f64>| x.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
+        println!(
+            "  {b:>5}  {:>13}  {:>13}  {}",
+            f(p.predicted_latency_ms),
+            f(p.baseline_latency_ms),
+            p.summary()
+        );
+    }
+    Ok(())
 }

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use tch::Tensor;
@@ -24,6 +24,9 @@ use crate::tensorfile::{self, Format, JobError};
 
 /// How many instance sets (layouts) a model keeps warm at once.
 const MAX_SETS: usize = 8;
+/// Batches over which measured latency is compared with the plan's prediction.
+const DRIFT_WINDOW: usize = 50;
+const DRIFT_WARN_PCT: f64 = 25.0;
 
 type Outputs = Vec<(String, Tensor)>;
 
@@ -45,6 +48,7 @@ pub struct ModelRuntime {
     stopping: AtomicBool,
     pub stats: Mutex<Stats>,
     last_plan: Mutex<Option<Plan>>,
+    drift_warned: Mutex<Option<Instant>>,
 }
 
 impl ModelRuntime {
@@ -65,6 +69,7 @@ impl ModelRuntime {
             stopping: AtomicBool::new(false),
             stats: Mutex::new(Stats::default()),
             last_plan: Mutex::new(None),
+            drift_warned: Mutex::new(None),
         }
     }
 
@@ -126,7 +131,8 @@ impl ModelRuntime {
         Ok(())
     }
 
-    /// Runs `inputs` (a batch of `items`) with the plan for its size.
+    /// Runs `inputs` (a batch of `items`) with the plan for its size, and records its latency
+    /// against the plan's prediction.
     pub fn run_batch(&self, inputs: &[Tensor], items: usize) -> Result<(Outputs, Plan)> {
         let table = self.plans();
         let plan = table.for_batch(items).clone();
@@ -136,7 +142,25 @@ impl ModelRuntime {
         } else {
             crate::instances::scale_shares(&plan.shares(), items)
         };
+        let t0 = Instant::now();
         let (out, _) = set.run(inputs, &shares)?;
+        let took = t0.elapsed();
+        let drift = {
+            let mut st = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+            st.record_batch(took, plan.predicted_latency_ms);
+            st.prediction_error_pct(DRIFT_WINDOW)
+        };
+        if let Some(err) = drift.filter(|e| e.abs() > DRIFT_WARN_PCT) {
+            let mut last = self.drift_warned.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_none_or(|t| t.elapsed() > Duration::from_secs(600)) {
+                *last = Some(Instant::now());
+                log::warn!(
+                    "model {}: batches run {err:+.0}% off the profile's prediction (median of the last {DRIFT_WINDOW}): has the host changed? Re-profile with `packrat profile --force`, then `systemctl reload packrat`",
+                    self.cfg.name
+                );
+            }
+        }
+        *self.last_plan.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan.clone());
         Ok((out, plan))
     }
 
@@ -329,9 +353,7 @@ impl ModelRuntime {
                 .iter()
                 .map(|t| t.narrow(0, off as i64, n as i64))
                 .collect();
-            let (out, plan) = self.run_batch(&inputs, n)?;
-            self.note_batch(plan);
-            parts.push(out);
+            parts.push(self.run_batch(&inputs, n)?.0);
             off += n;
         }
         if parts.len() == 1 {
@@ -356,8 +378,7 @@ impl ModelRuntime {
         let inputs: Vec<Tensor> = (0..n_inputs)
             .map(|k| Tensor::f_cat(&group.iter().map(|l| &l.inputs[k]).collect::<Vec<_>>(), 0))
             .collect::<Result<_, _>>()?;
-        let (out, plan) = self.run_batch(&inputs, total)?;
-        self.note_batch(plan);
+        let (out, _) = self.run_batch(&inputs, total)?;
         // Split every output back along the batch dimension, job by job.
         let mut per_job: Vec<Outputs> = (0..group.len()).map(|_| Vec::new()).collect();
         for (name, t) in out {
@@ -371,11 +392,6 @@ impl ModelRuntime {
             }
         }
         Ok(per_job)
-    }
-
-    fn note_batch(&self, plan: Plan) {
-        self.stats.lock().map(|mut s| s.batches += 1).ok();
-        *self.last_plan.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan);
     }
 
     /// Live instance threads (tids, cores, thread counts), most recently used set first.
@@ -404,6 +420,8 @@ impl ModelRuntime {
             batches: stats.batches,
             latency_p50_ms: stats.percentile(50.0),
             latency_p99_ms: stats.percentile(99.0),
+            prediction_error_pct: stats
+                .prediction_error_pct(DRIFT_WINDOW.min(stats.batches as usize).max(1)),
         }
     }
 }

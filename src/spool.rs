@@ -73,11 +73,18 @@ fn rename_noreplace(from: &Path, to: &Path) -> nix::Result<()> {
 
 impl Spool {
     pub fn open(root: PathBuf, keep_inputs: bool) -> Result<Spool> {
+        use std::os::unix::fs::PermissionsExt;
         for sub in ["tmp", "incoming", "processing", "out", "failed", "done"] {
             let d = root.join(sub);
             fs::create_dir_all(&d).with_context(|| {
                 format!("cannot create {}: check that the spool is writable by the agent (ReadWritePaths= in the unit)", d.display())
             })?;
+            // Clients of any user may drop files in; the sticky bit stops them from removing each
+            // other's, while the agent, owning the folder, may still claim them.
+            if sub == "tmp" || sub == "incoming" {
+                fs::set_permissions(&d, fs::Permissions::from_mode(0o1777))
+                    .with_context(|| format!("cannot make {} writable for clients", d.display()))?;
+            }
         }
         Ok(Spool { root, keep_inputs })
     }

@@ -20,6 +20,8 @@ pub struct Stats {
     pub failed: u64,
     pub batches: u64,
     latencies_ms: VecDeque<f64>,
+    /// (measured − predicted) / predicted of recent batches, in %.
+    prediction_errors_pct: VecDeque<f64>,
 }
 
 impl Stats {
@@ -33,6 +35,34 @@ impl Stats {
 
     pub fn percentile(&self, p: f64) -> Option<f64> {
         percentile(self.latencies_ms.iter().copied().collect(), p)
+    }
+
+    pub fn record_batch(&mut self, measured: Duration, predicted_ms: Option<f64>) {
+        self.batches += 1;
+        if let Some(p) = predicted_ms.filter(|p| *p > 0.0) {
+            if self.prediction_errors_pct.len() == WINDOW {
+                self.prediction_errors_pct.pop_front();
+            }
+            self.prediction_errors_pct
+                .push_back((measured.as_secs_f64() * 1e3 - p) / p * 100.0);
+        }
+    }
+
+    /// Median prediction error over the last `n` planned batches (None until there are `n`).
+    pub fn prediction_error_pct(&self, n: usize) -> Option<f64> {
+        let k = self.prediction_errors_pct.len();
+        (k >= n)
+            .then(|| {
+                percentile(
+                    self.prediction_errors_pct
+                        .iter()
+                        .skip(k - n)
+                        .copied()
+                        .collect(),
+                    50.0,
+                )
+            })
+            .flatten()
     }
 }
 
@@ -63,6 +93,8 @@ pub struct ModelStatus {
     pub batches: u64,
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
+    /// Median (measured − predicted) / predicted of the last 50 planned batches, in %.
+    pub prediction_error_pct: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

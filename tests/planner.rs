@@ -312,3 +312,47 @@ fn plan_json_has_the_promised_shape_for_every_shared_profile() {
         assert!(String::from_utf8_lossy(&bad.stderr).contains("or fewer"));
     }
 }
+
+/// Why piecewise-linear in b: hide every other batch size of each profile, predict the hidden
+/// points from the rest, and compare with "latency proportional to b" from batch 1.
+/// `cargo test --release --test planner latency_model -- --nocapture` prints the figures.
+#[test]
+fn latency_model_predicts_held_out_batch_sizes_from_the_authors_profiles() {
+    let (mut lin, mut prop) = (Vec::new(), Vec::new());
+    for path in shared_profiles() {
+        let pf = ProfileFile::load(&path).unwrap();
+        let kept: Vec<Point> = pf
+            .points
+            .iter()
+            .filter(|p| p.batch.trailing_zeros() % 2 == 0)
+            .cloned()
+            .collect();
+        let curve = Curve::from_points(&kept).unwrap();
+        for p in pf
+            .points
+            .iter()
+            .filter(|p| p.batch.trailing_zeros() % 2 == 1 && p.batch < 1024)
+        {
+            let ti = curve.threads.binary_search(&p.threads).unwrap();
+            lin.push((curve.latency(ti, p.batch) - p.latency_ms).abs() / p.latency_ms);
+            let one = pf
+                .points
+                .iter()
+                .find(|q| q.threads == p.threads && q.batch == 1)
+                .unwrap()
+                .latency_ms;
+            prop.push((one * p.batch as f64 - p.latency_ms).abs() / p.latency_ms);
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2] * 100.0
+    };
+    let (ml, mp) = (med(&mut lin), med(&mut prop));
+    println!(
+        "held-out points: {}; median error: piecewise-linear {ml:.1}%, proportional-to-b {mp:.1}%",
+        lin.len()
+    );
+    assert!(ml < 6.0, "piecewise-linear median error {ml:.1}%");
+    assert!(ml < mp / 5.0);
+}
