@@ -414,7 +414,11 @@ fn instances_are_pinned_and_keep_their_own_thread_counts() {
             .find(|t| t.0 == tid)
             .expect("instance thread exists");
         assert!(comm.starts_with("pr-m-"), "{comm}");
-        assert_eq!(cpus, &inst["cores"][0].as_u64().unwrap().to_string());
+        let core = inst["cores"][0].as_u64().unwrap().to_string();
+        assert_eq!(cpus, &core);
+        for t in tasks.iter().filter(|t| &t.1 == comm) {
+            assert_eq!(t.2, core, "thread {} of instance {comm} left its core", t.0);
+        }
     }
     let mut cores: Vec<String> = insts.iter().map(|i| i["cores"][0].to_string()).collect();
     cores.sort();
@@ -427,11 +431,18 @@ fn instances_are_pinned_and_keep_their_own_thread_counts() {
     let inst = &st["models"][0]["instances"][0];
     assert_eq!(inst["observed_threads"], 2);
     let tasks = task_cpus(agent.pid());
-    let (_, _, cpus) = tasks
+    let (_, comm, cpus) = tasks
         .iter()
         .find(|t| t.0 == inst["tid"].as_i64().unwrap() as i32)
         .unwrap();
     assert_eq!(cpus, "0-1");
+    // Threads started from inside the instance (libgomp workers) inherit its name and its mask.
+    let family: Vec<_> = tasks.iter().filter(|t| &t.1 == comm).collect();
+    assert!(
+        family.len() >= 2,
+        "expected OpenMP workers beside the instance thread: {tasks:?}"
+    );
+    assert!(family.iter().all(|t| t.2 == "0-1"), "{family:?}");
 }
 
 fn npy_header(descr: &str, shape: &str) -> Vec<u8> {
@@ -657,5 +668,120 @@ print(json.dumps({"shape": list(y.shape), "dtype": str(y.dtype)}))
     assert_close(
         &got[0].1,
         &reference("tiny_cnn", &[sent[0].1.shallow_clone()])[0].1,
+    );
+}
+
+#[test]
+fn auto_plan_profiles_before_ready_then_reuses_the_cached_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let mut agent = Agent::start_with(
+        "tiny_cnn",
+        "plan = \"auto\"\nprofile_budget_s = 10",
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+    );
+    let mut msgs = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !msgs.iter().any(|m: &String| m.contains("READY=1")) {
+        let n = sock.recv(&mut buf).unwrap();
+        msgs.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    let extend = msgs
+        .iter()
+        .position(|m| m.starts_with("EXTEND_TIMEOUT_USEC="))
+        .expect("EXTEND_TIMEOUT_USEC sent");
+    let ready = msgs.iter().position(|m| m.contains("READY=1")).unwrap();
+    assert!(
+        extend < ready
+            && msgs[..ready]
+                .iter()
+                .any(|m| m.starts_with("STATUS=profiling")),
+        "{msgs:?}"
+    );
+    let profile = agent.state().join("profiles/m.json");
+    let pf = packrat::planner::profile::ProfileFile::load(&profile).unwrap();
+    assert!(pf.co_located && pf.key.is_some() && pf.curve().is_ok());
+    let st = agent.status();
+    assert_eq!(st["models"][0]["plan_source"], "profile");
+    assert!(
+        st["models"][0]["plan_max_batch"]["predicted_latency_ms"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    let x = input("tiny_cnn", 5);
+    let name = agent.submit("auto.npy", &[("input".into(), x.shallow_clone())]);
+    assert_close(
+        &read(&agent.wait(&name).unwrap())[0].1,
+        &reference("tiny_cnn", &[x])[0].1,
+    );
+    assert_eq!(agent.stop(Signal::SIGTERM), 0);
+    let measured_at = fs::metadata(&profile).unwrap().modified().unwrap();
+    agent.spawn(&[]);
+    assert!(
+        agent.log().contains("using the cached profile"),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(
+        fs::metadata(&profile).unwrap().modified().unwrap(),
+        measured_at,
+        "not measured again"
+    );
+}
+
+#[test]
+fn the_submit_command_waits_and_reports_failures() {
+    let agent = Agent::start("tiny_cnn", "plan = \"baseline\"");
+    let good = agent.dir.path().join("good.npy");
+    tensorfile::write(
+        &mut fs::File::create(&good).unwrap(),
+        Format::Npy,
+        &[("x".into(), input("tiny_cnn", 2))],
+    )
+    .unwrap();
+    let bad = agent.dir.path().join("bad.npy");
+    fs::write(&bad, b"not numpy").unwrap();
+    let spool = agent.dir.path().join("spool");
+    let run = |f: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_packrat"))
+            .arg("submit")
+            .arg("--spool")
+            .arg(&spool)
+            .args(["--model", "m", "--wait"])
+            .arg(f)
+            .output()
+            .unwrap()
+    };
+    let ok = run(&good);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let out = PathBuf::from(String::from_utf8_lossy(&ok.stdout).trim());
+    assert!(out.starts_with(agent.model_dir().join("out")) && out.exists());
+    let again = run(&good);
+    let out2 = PathBuf::from(String::from_utf8_lossy(&again.stdout).trim());
+    assert_ne!(
+        out, out2,
+        "a second submission of the same file gets its own output"
+    );
+    let failed = run(&bad);
+    assert_eq!(failed.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("np.save"));
+    let wrong = Command::new(env!("CARGO_BIN_EXE_packrat"))
+        .arg("submit")
+        .arg("--spool")
+        .arg(&spool)
+        .args(["--model", "nope"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        !wrong.status.success() && String::from_utf8_lossy(&wrong.stderr).contains("no incoming/")
     );
 }

@@ -94,23 +94,13 @@ impl Solution {
 /// Solves for all batch sizes 1..=max_batch on `cores` cores.
 pub fn solve(curve: &Curve, cores: usize, max_batch: usize) -> Solution {
     let width = max_batch + 1;
-    // f[ti][b]: latency of one instance; index 0 unused.
-    let ts: Vec<usize> = curve
-        .threads
-        .iter()
-        .copied()
-        .filter(|&t| t <= cores)
-        .collect();
+    let ts = curve.threads_up_to(cores);
+    // f[ti][b]: latency of one instance (non-decreasing in b, see `Curve`); index 0 unused.
     let f: Vec<Vec<f64>> = (0..ts.len())
         .map(|ti| {
-            let mut row = vec![0.0; width];
-            for (b, slot) in row.iter_mut().enumerate().skip(1) {
-                *slot = curve.latency(ti, b);
-            }
-            for b in 2..width {
-                row[b] = row[b].max(row[b - 1]);
-            }
-            row
+            (0..width)
+                .map(|b| if b == 0 { 0.0 } else { curve.latency(ti, b) })
+                .collect()
         })
         .collect();
     let mut cells = vec![Cell::INFEASIBLE; (cores + 1) * width];
@@ -166,12 +156,7 @@ pub fn solve(curve: &Curve, cores: usize, max_batch: usize) -> Solution {
 /// The reference semantics (msr-fiddle/packrat): every core used, every instance a profiled
 /// point exactly. Returns the predicted latency and parts, or None when no split exists.
 pub fn reference(curve: &Curve, cores: usize, batch: usize) -> Option<(f64, Vec<Part>)> {
-    let ts: Vec<usize> = curve
-        .threads
-        .iter()
-        .copied()
-        .filter(|&t| t <= cores)
-        .collect();
+    let ts = curve.threads_up_to(cores);
     let w = batch + 1;
     let mut opt = vec![(f64::INFINITY, None::<(usize, usize)>); (cores + 1) * w];
     opt[0] = (0.0, None);

@@ -171,6 +171,15 @@ impl Curve {
         Ok(Curve { threads, rows })
     }
 
+    /// Profiled thread counts that fit on `cores` cores (a prefix of `threads`, so indices agree).
+    pub fn threads_up_to(&self, cores: usize) -> Vec<usize> {
+        self.threads
+            .iter()
+            .copied()
+            .take_while(|&t| t <= cores)
+            .collect()
+    }
+
     pub fn max_threads(&self) -> usize {
         self.threads.last().copied().unwrap_or(0)
     }

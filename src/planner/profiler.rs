@@ -109,7 +109,12 @@ pub fn cached(state_dir: &Path, key: &ProfileKey) -> Option<ProfileFile> {
 fn median_precision(xs: &[f64]) -> (f64, f64) {
     let mut v = xs.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
-    let med = v[v.len() / 2];
+    let n = v.len();
+    let med = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
     if v.len() < 2 {
         return (med, f64::INFINITY);
     }
@@ -150,7 +155,6 @@ pub fn measure(
             })
             .collect();
         let set = InstanceSet::start(model.clone(), layout, "prof")?;
-        let mut last: Option<(usize, f64)> = None;
         for &b in bs {
             let eta = if done_weight > 0.0 {
                 start
@@ -169,13 +173,9 @@ pub fn measure(
                 set.run(&inputs, &shares)?;
                 Ok(t0.elapsed().as_secs_f64() * 1e3)
             };
-            // Warm-up (thread pools, oneDNN primitives for this shape) unless one run is long.
-            let predicted_ms = last
-                .map(|(pb, ms)| ms * b as f64 / pb as f64)
-                .unwrap_or(0.0);
-            if predicted_ms < 2000.0 {
-                run()?;
-            }
+            // Always warm up: the first run of a new batch size pays for oneDNN primitives and
+            // for first-touch allocation of its activations (hundreds of MB for large batches).
+            run()?;
             let t_point = Instant::now();
             let mut xs = Vec::new();
             loop {
@@ -202,7 +202,6 @@ pub fn measure(
                 latency_max_ms: Some(max),
                 samples: Some(xs.len()),
             });
-            last = Some((b, med));
             done += 1;
             done_weight += b as f64;
         }
@@ -257,6 +256,15 @@ pub fn profile_or_cached(
 #[cfg(test)]
 mod tests {
     use super::targets;
+
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        // Two samples, one cold: the estimate must not be the cold one.
+        assert_eq!(super::median_precision(&[100.0, 140.0]).0, 120.0);
+        let (m, prec) = super::median_precision(&[10.0, 10.0, 10.0]);
+        assert_eq!((m, prec), (10.0, 0.0));
+        assert!(super::median_precision(&[5.0]).1.is_infinite());
+    }
 
     #[test]
     fn targets_cover_what_the_dp_can_use() {
