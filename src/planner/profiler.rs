@@ -5,8 +5,10 @@
 //! (powers of two up to that, and that). Each point is measured **co-located**: ⌊T/t⌋
 //! instances of (t, b) run at once on disjoint cores and the batch's wall time is recorded, so
 //! the profile includes the memory-bandwidth and cache interference that isolated profiles
-//! miss. Each point repeats until its median is known to ±3 % (95 % confidence) or its share
-//! of the time budget is spent.
+//! miss. Points go breadth-first over batch sizes; each repeats (after a warm-up) until its
+//! median is known to ±3 % (95 % confidence) or its share of the time budget is spent, and a
+//! point whose estimated cost would overrun the budget is skipped — the latency model
+//! extrapolates the larger batches of that thread count from the measured ones.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -140,11 +142,9 @@ pub fn measure(
         .iter()
         .flat_map(|(_, bs)| bs.iter().map(|&b| b as f64))
         .sum();
-    let start = Instant::now();
-    let mut done_weight = 0.0;
-    let mut done = 0;
-    let mut points = Vec::new();
-    for (t, bs) in &plan {
+    // One instance set per thread count: ⌊T/t⌋ co-located instances of t threads.
+    let mut sets = Vec::with_capacity(plan.len());
+    for (t, _) in &plan {
         let k = cores / t;
         let layout: Vec<InstanceSpec> = topo
             .assign(&vec![*t; k])?
@@ -154,58 +154,95 @@ pub fn measure(
                 cores: c,
             })
             .collect();
-        let set = InstanceSet::start(model.clone(), layout, "prof")?;
-        for &b in bs {
-            let eta = if done_weight > 0.0 {
-                start
-                    .elapsed()
-                    .mul_f64((total_weight - done_weight) / done_weight)
-            } else {
-                budget
-            };
-            progress(done, total_points, eta, &format!("{k}×(t={t}, b={b})"));
-            let remaining = budget.saturating_sub(start.elapsed()).as_secs_f64();
-            let cap = remaining * b as f64 / (total_weight - done_weight).max(1.0);
-            let inputs = model.example_inputs((b * k) as i64);
-            let shares = vec![b; k];
-            let run = || -> Result<f64> {
-                let t0 = Instant::now();
-                set.run(&inputs, &shares)?;
-                Ok(t0.elapsed().as_secs_f64() * 1e3)
-            };
-            // Always warm up: the first run of a new batch size pays for oneDNN primitives and
-            // for first-touch allocation of its activations (hundreds of MB for large batches).
-            run()?;
-            let t_point = Instant::now();
-            let mut xs = Vec::new();
-            loop {
-                xs.push(run()?);
-                let (_, prec) = median_precision(&xs);
-                let spent = t_point.elapsed().as_secs_f64();
-                let enough = xs.len() >= MIN_REPS && prec <= TARGET_PRECISION;
-                if enough || xs.len() >= MAX_REPS || (spent >= cap && xs.len() >= 2) {
-                    break;
-                }
-            }
-            let (med, _) = median_precision(&xs);
-            let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
-            let max = xs.iter().copied().fold(0.0, f64::max);
-            log::debug!(
-                "profile t={t} b={b} ×{k}: median {med:.2} ms over {} runs",
-                xs.len()
-            );
-            points.push(Point {
-                threads: *t,
-                batch: b,
-                latency_ms: med,
-                latency_min_ms: Some(min),
-                latency_max_ms: Some(max),
-                samples: Some(xs.len()),
-            });
+        sets.push((k, InstanceSet::start(model.clone(), layout, "prof")?));
+    }
+    // Breadth-first over batch sizes, so that when the budget runs out it is the largest
+    // batches that are left to extrapolation, for every thread count alike.
+    let mut order: Vec<(usize, usize)> = plan
+        .iter()
+        .enumerate()
+        .flat_map(|(ti, (_, bs))| bs.iter().map(move |&b| (b, ti)))
+        .collect();
+    order.sort();
+    let start = Instant::now();
+    let mut done_weight = 0.0;
+    let mut done = 0;
+    let mut points: Vec<Point> = Vec::new();
+    // Per thread count: the last measured (batch, median ms), and whether its row is closed.
+    let mut last: Vec<Option<(usize, f64)>> = vec![None; plan.len()];
+    let mut closed = vec![false; plan.len()];
+    for (b, ti) in order {
+        let t = plan[ti].0;
+        let (k, set) = &sets[ti];
+        if closed[ti] {
             done += 1;
             done_weight += b as f64;
+            continue;
         }
+        // A warm-up and two timed runs at least: skip the point if that cannot fit.
+        let estimate = last[ti].map_or(0.0, |(pb, ms)| ms * b as f64 / pb as f64 * 3.0 / 1e3);
+        if b > 1 && start.elapsed().as_secs_f64() + estimate > budget.as_secs_f64() {
+            log::info!(
+                "profiling {}: budget reached; t={t} measured up to b={}, larger batches are extrapolated",
+                model.name,
+                last[ti].map_or(1, |l| l.0)
+            );
+            closed[ti] = true;
+            done += 1;
+            done_weight += b as f64;
+            continue;
+        }
+        let eta = if done_weight > 0.0 {
+            start
+                .elapsed()
+                .mul_f64((total_weight - done_weight) / done_weight)
+        } else {
+            budget
+        };
+        progress(done, total_points, eta, &format!("{k}×(t={t}, b={b})"));
+        let remaining = budget.saturating_sub(start.elapsed()).as_secs_f64();
+        let cap = remaining * b as f64 / (total_weight - done_weight).max(1.0);
+        let inputs = model.example_inputs((b * k) as i64);
+        let shares = vec![b; *k];
+        let run = || -> Result<f64> {
+            let t0 = Instant::now();
+            set.run(&inputs, &shares)?;
+            Ok(t0.elapsed().as_secs_f64() * 1e3)
+        };
+        // Always warm up: the first run of a new batch size pays for oneDNN primitives and
+        // for first-touch allocation of its activations (hundreds of MB for large batches).
+        run()?;
+        let t_point = Instant::now();
+        let mut xs = Vec::new();
+        loop {
+            xs.push(run()?);
+            let (_, prec) = median_precision(&xs);
+            let spent = t_point.elapsed().as_secs_f64();
+            let enough = xs.len() >= MIN_REPS && prec <= TARGET_PRECISION;
+            if enough || xs.len() >= MAX_REPS || (spent >= cap && xs.len() >= 2) {
+                break;
+            }
+        }
+        let (med, _) = median_precision(&xs);
+        let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = xs.iter().copied().fold(0.0, f64::max);
+        log::debug!(
+            "profile t={t} b={b} ×{k}: median {med:.2} ms over {} runs",
+            xs.len()
+        );
+        points.push(Point {
+            threads: t,
+            batch: b,
+            latency_ms: med,
+            latency_min_ms: Some(min),
+            latency_max_ms: Some(max),
+            samples: Some(xs.len()),
+        });
+        last[ti] = Some((b, med));
+        done += 1;
+        done_weight += b as f64;
     }
+    points.sort_by_key(|p| (p.threads, p.batch));
     progress(done, total_points, Duration::ZERO, "done");
     Ok(ProfileFile {
         model: model.name.clone(),
