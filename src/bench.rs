@@ -48,6 +48,11 @@ pub struct Row {
     pub speedup: f64,
     pub predicted_ms: Option<f64>,
     pub prediction_error_pct: Option<f64>,
+    /// The profile's prediction for the baseline.
+    pub baseline_predicted_ms: Option<f64>,
+    /// The prediction error after removing the host's drift since profiling, as seen on the
+    /// baseline in the same rounds: (planned/predicted) / (baseline/baseline predicted) − 1.
+    pub drift_corrected_error_pct: Option<f64>,
     /// The whole batch on one thread, alone on the machine (median of `t1_rounds`).
     pub t1_median_ms: Option<f64>,
     /// Perfect-scaling limit T1(B)/N over the planned latency (1.0 = perfect scaling).
@@ -90,8 +95,8 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
         mc.name, args.rounds
     );
     println!(
-        "{:>5} {:>12} {:>12} {:>8} {:>10} {:>7} {:>6}  plan",
-        "batch", "baseline ms", "planned ms", "speedup", "predicted", "error", "eff"
+        "{:>5} {:>12} {:>12} {:>8} {:>10} {:>7} {:>9} {:>6}  plan",
+        "batch", "baseline ms", "planned ms", "speedup", "predicted", "error", "drift-adj", "eff"
     );
     let mut rows = Vec::new();
     let mut sets: Vec<(Vec<crate::instances::InstanceSpec>, InstanceSet)> = Vec::new();
@@ -143,19 +148,25 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
             speedup: ma / mb,
             predicted_ms: pb.predicted_latency_ms,
             prediction_error_pct: pb.predicted_latency_ms.map(|p| (mb - p) / p * 100.0),
+            baseline_predicted_ms: pb.baseline_latency_ms,
+            drift_corrected_error_pct: pb
+                .predicted_latency_ms
+                .zip(pb.baseline_latency_ms)
+                .map(|(p, pa)| ((mb / p) / (ma / pa) - 1.0) * 100.0),
             t1_median_ms: t1,
             parallel_efficiency: t1.map(|t1| t1 / n as f64 / mb),
         };
         let f =
             |x: Option<f64>, d: usize| x.map(|v| format!("{v:.d$}")).unwrap_or_else(|| "-".into());
         println!(
-            "{:>5} {:>12.2} {:>12.2} {:>7.3}x {:>10} {:>6}% {:>6}  {}",
+            "{:>5} {:>12.2} {:>12.2} {:>7.3}x {:>10} {:>6}% {:>8}% {:>6}  {}",
             b,
             ma,
             mb,
             row.speedup,
             f(row.predicted_ms, 2),
             f(row.prediction_error_pct, 1),
+            f(row.drift_corrected_error_pct, 1),
             f(row.parallel_efficiency, 2),
             row.plan
         );
@@ -174,17 +185,19 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     );
     std::fs::create_dir_all(&args.out)?;
     let stem = args.out.join(&mc.name);
-    let mut csv = String::from("batch,baseline_median_ms,planned_median_ms,speedup,predicted_ms,prediction_error_pct,t1_median_ms,parallel_efficiency,plan\n");
+    let mut csv = String::from("batch,baseline_median_ms,planned_median_ms,speedup,predicted_ms,prediction_error_pct,baseline_predicted_ms,drift_corrected_error_pct,t1_median_ms,parallel_efficiency,plan\n");
     for r in &rows {
         let f = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_default();
         csv.push_str(&format!(
-            "{},{:.4},{:.4},{:.4},{},{},{},{},{}\n",
+            "{},{:.4},{:.4},{:.4},{},{},{},{},{},{},{}\n",
             r.batch,
             r.baseline_median_ms,
             r.planned_median_ms,
             r.speedup,
             f(r.predicted_ms),
             f(r.prediction_error_pct),
+            f(r.baseline_predicted_ms),
+            f(r.drift_corrected_error_pct),
             f(r.t1_median_ms),
             f(r.parallel_efficiency),
             r.plan
@@ -253,6 +266,7 @@ fn plot(path: &std::path::Path, model: &str, cores: usize, rows: &[Row]) -> Resu
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
         .border_style(BLACK)
         .background_style(WHITE.mix(0.8))
         .draw()?;

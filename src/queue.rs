@@ -145,6 +145,12 @@ impl ModelRuntime {
         let t0 = Instant::now();
         let (out, _) = set.run(inputs, &shares)?;
         let took = t0.elapsed();
+        log::debug!(
+            "model {}: batch of {items} ran in {:.2} ms ({})",
+            self.cfg.name,
+            took.as_secs_f64() * 1e3,
+            plan.summary()
+        );
         let drift = {
             let mut st = self.stats.lock().unwrap_or_else(|p| p.into_inner());
             st.record_batch(took, plan.predicted_latency_ms);
@@ -221,6 +227,7 @@ impl ModelRuntime {
     }
 
     fn load(&self, job: Job) -> Option<Loaded> {
+        let t0 = Instant::now();
         let res = (|| {
             if let Some(e) = &job.refused {
                 return Err(e.clone());
@@ -239,12 +246,20 @@ impl ModelRuntime {
             Ok((format, inputs, items as usize))
         })();
         match res {
-            Ok((format, inputs, items)) => Some(Loaded {
-                job,
-                format,
-                inputs,
-                items,
-            }),
+            Ok((format, inputs, items)) => {
+                log::debug!(
+                    "model {}: {} loaded in {:.2} ms",
+                    self.cfg.name,
+                    job.name,
+                    t0.elapsed().as_secs_f64() * 1e3
+                );
+                Some(Loaded {
+                    job,
+                    format,
+                    inputs,
+                    items,
+                })
+            }
             Err(e) => {
                 self.fail(&job, &e);
                 None
@@ -321,7 +336,15 @@ impl ModelRuntime {
     }
 
     fn finish(&self, l: &Loaded, out: &Outputs) {
-        match self.spool.complete(&l.job, l.format, out) {
+        let t0 = Instant::now();
+        let res = self.spool.complete(&l.job, l.format, out);
+        log::debug!(
+            "model {}: {} written in {:.2} ms",
+            self.cfg.name,
+            l.job.name,
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+        match res {
             Ok(path) => {
                 let dt = l.job.claimed.elapsed();
                 log::info!(

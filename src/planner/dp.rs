@@ -5,7 +5,8 @@
 //! `g[c][B]` = best plan for B items on at most c cores:
 //! `g[c][B] = min(g[c-1][B], min over t, b of max(lat(t, b), g[c-t][B-b]))`.
 //! lat(t, ·) is non-decreasing in b and g[c][·] is non-decreasing in B, so for a given t the
-//! best b sits where the two cross: a binary search instead of a scan (O(T·|t|·B·log B)).
+//! best b sits where the two cross, and that crossing only moves forward as B grows: one
+//! forward-moving pointer per (c, t) instead of a scan over b (amortised O(T·|t|·B)).
 //! Each cell keeps its argmin, so plans are read back from the table (never by comparing
 //! floats). Ties go to fewer instances, then fewer cores, then the first candidate in a
 //! fixed scan order (idle core, then ascending t), so the result is deterministic.
@@ -105,8 +106,11 @@ pub fn solve(curve: &Curve, cores: usize, max_batch: usize) -> Solution {
         .collect();
     let mut cells = vec![Cell::INFEASIBLE; (cores + 1) * width];
     cells[0] = Cell::EMPTY;
+    // cross[ti]: the crossing point for the previous B; it only moves forward as B grows.
+    let mut cross = vec![1usize; ts.len()];
     for c in 1..=cores {
         cells[c * width] = Cell::EMPTY;
+        cross.iter_mut().for_each(|x| *x = 1);
         for big_b in 1..=max_batch {
             let idle = cells[(c - 1) * width + big_b];
             let mut best = Cell { t: 0, b: 0, ..idle };
@@ -116,17 +120,14 @@ pub fn solve(curve: &Curve, cores: usize, max_batch: usize) -> Solution {
                 }
                 let rest = (c - t) * width;
                 let fr = &f[ti];
-                // Smallest b with f(b) >= g[rest][B-b]; the predicate is monotone in b and true at b = B.
-                let (mut lo, mut hi) = (1usize, big_b);
-                while lo < hi {
-                    let mid = (lo + hi) / 2;
-                    if fr[mid] >= cells[rest + big_b - mid].lat {
-                        hi = mid;
-                    } else {
-                        lo = mid + 1;
-                    }
+                // Smallest b with f(b) >= g[rest][B-b]: monotone in b, true at b = B, and
+                // never smaller than it was for B-1 (g[rest] is non-decreasing).
+                let mut lo = cross[ti].min(big_b);
+                while lo < big_b && fr[lo] < cells[rest + big_b - lo].lat {
+                    lo += 1;
                 }
-                for b in [lo, lo.saturating_sub(1)] {
+                cross[ti] = lo;
+                for b in [lo, lo - 1] {
                     if b == 0 {
                         continue;
                     }

@@ -1,0 +1,31 @@
+#!/usr/bin/env python3
+"""Turns `packrat bench` JSON files into the Markdown tables of BENCHMARKS.md.
+Usage: packaging/bench-table.py bench-out/*.json"""
+import json
+import math
+import sys
+
+for path in sys.argv[1:]:
+    d = json.load(open(path))
+    rows = d["rows"]
+    print(f"### {d['model']} — {d['cores']} cores, {d['rounds']} interleaved rounds per batch\n")
+    print("| B | baseline ⟨1,T,B⟩ ms | planned ms | speedup | predicted ms | error | drift-corrected error | T1 ms | efficiency | plan |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    f = lambda x, fmt: (fmt % x) if x is not None else "–"
+    for r in rows:
+        print(
+            f"| {r['batch']} | {r['baseline_median_ms']:.1f} | {r['planned_median_ms']:.1f} | {r['speedup']:.3f}× "
+            f"| {f(r['predicted_ms'], '%.1f')} | {f(r['prediction_error_pct'], '%+.1f%%')} "
+            f"| {f(r.get('drift_corrected_error_pct'), '%+.1f%%')} | {f(r['t1_median_ms'], '%.0f')} "
+            f"| {f(r['parallel_efficiency'], '%.2f')} | `{r['plan']}` |"
+        )
+    sp = [r["speedup"] for r in rows if r["batch"] >= 2]
+    errs = [abs(r["prediction_error_pct"]) for r in rows if r["prediction_error_pct"] is not None]
+    adj = [abs(r["drift_corrected_error_pct"]) for r in rows if r.get("drift_corrected_error_pct") is not None]
+    geo = math.exp(sum(map(math.log, sp)) / len(sp)) if sp else float("nan")
+    print(
+        f"\ngeometric-mean speedup over B ≥ 2: **{geo:.3f}×**, lowest {min(r['speedup'] for r in rows):.3f}×; "
+        f"|prediction error| median {sorted(errs)[len(errs) // 2]:.1f}%, max {max(errs):.1f}%"
+        + (f"; drift-corrected median {sorted(adj)[len(adj) // 2]:.1f}%, max {max(adj):.1f}%" if adj else "")
+        + "\n"
+    )
