@@ -8,7 +8,9 @@ import sys
 for path in sys.argv[1:]:
     d = json.load(open(path))
     rows = d["rows"]
-    print(f"### {d['model']} — {d['cores']} cores, {d['rounds']} interleaved rounds per batch\n")
+    used = d.get("rounds_used")
+    rounds = f"{min(used)}–{max(used)}" if used else str(d["rounds"])
+    print(f"### {d['model']} — {d['cores']} cores, {rounds} interleaved rounds per batch\n")
     print("| B | baseline ⟨1,T,B⟩ ms | planned ms | speedup | predicted ms | error | drift-corrected error | T1 ms | efficiency | plan |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     f = lambda x, fmt: (fmt % x) if x is not None else "–"

@@ -19,6 +19,8 @@ use crate::planner::{Plan, PlanTable};
 use crate::sdnotify::Notifier;
 use crate::status::percentile;
 
+const MAX_ROUNDS: usize = 41;
+
 #[derive(clap::Args)]
 pub struct BenchArgs {
     #[arg(long)]
@@ -28,7 +30,8 @@ pub struct BenchArgs {
     /// Comma-separated batch sizes.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
     pub batches: Vec<usize>,
-    /// Timed rounds per batch size (each round runs both configurations once).
+    /// Timed rounds per batch size at least (each round runs both configurations once); cheap
+    /// batch sizes get more, up to 41, so that each configuration has ~2 s of samples.
     #[arg(long, default_value_t = 7)]
     pub rounds: usize,
     /// Rounds that also time T1(B), the whole batch on one thread (0 to skip: it is slow).
@@ -91,7 +94,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     }];
     let t1_set = InstanceSet::start(model.clone(), one, "t1")?;
     println!(
-        "bench {} on {n} cores, {} rounds per batch (ABBA order)",
+        "bench {} on {n} cores, at least {} rounds per batch (ABBA order)",
         mc.name, args.rounds
     );
     println!(
@@ -99,6 +102,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
         "batch", "baseline ms", "planned ms", "speedup", "predicted", "error", "drift-adj", "eff"
     );
     let mut rows = Vec::new();
+    let mut rounds_used = Vec::new();
     let mut sets: Vec<(Vec<crate::instances::InstanceSpec>, InstanceSet)> = Vec::new();
     for &b in &args.batches {
         let pa: &Plan = baseline.for_batch(b);
@@ -125,7 +129,13 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
         if args.t1_rounds > 0 {
             time_ms(&t1_set, &inputs, &[b])?;
         }
-        for r in 0..args.rounds {
+        // Cheap batches get more rounds: at least `rounds`, else ~2 s of samples per configuration.
+        let warm_ms = time_ms(sa, &inputs, &pa.shares())?;
+        let rounds = args
+            .rounds
+            .max(((2000.0 / warm_ms.max(1.0)) as usize).min(MAX_ROUNDS));
+        rounds_used.push(rounds);
+        for r in 0..rounds {
             if r < args.t1_rounds {
                 t1.push(time_ms(&t1_set, &inputs, &[b])?);
             }
@@ -207,7 +217,7 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     std::fs::write(
         stem.with_extension("json"),
         serde_json::to_string_pretty(
-            &serde_json::json!({"model": mc.name, "cores": n, "rounds": args.rounds, "geomean_speedup": geo, "rows": rows}),
+            &serde_json::json!({"model": mc.name, "cores": n, "rounds": args.rounds, "rounds_used": rounds_used, "geomean_speedup": geo, "rows": rows}),
         )?,
     )?;
     plot(&stem.with_extension("svg"), &mc.name, n, &rows)?;
