@@ -320,51 +320,75 @@ fn sigterm_finishes_claimed_jobs_and_exits_zero() {
     assert!(agent.files("processing").is_empty());
 }
 
-#[test]
-fn sd_notify_ready_watchdog_reload_and_stopping() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock_path = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    let mut agent = Agent::start_with(
-        "tiny_cnn",
-        "",
-        &[
-            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
-            ("WATCHDOG_USEC", "400000"),
-        ],
-    );
-    let mut seen = Vec::new();
-    let recv_until = |want: &str, seen: &mut Vec<String>| {
+/// A socket standing in for systemd's `$NOTIFY_SOCKET`, collecting what the agent sends.
+struct NotifySocket {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    sock: UnixDatagram,
+    seen: Vec<String>,
+}
+
+impl NotifySocket {
+    fn bind() -> NotifySocket {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        NotifySocket {
+            _dir: dir,
+            path,
+            sock,
+            seen: Vec::new(),
+        }
+    }
+
+    fn env(&self) -> (&'static str, &str) {
+        ("NOTIFY_SOCKET", self.path.to_str().unwrap())
+    }
+
+    /// Receives until a message has a line starting with `want`.
+    fn recv_until(&mut self, want: &str) {
         let mut buf = [0u8; 4096];
         let t0 = Instant::now();
-        while !seen
+        while !self
+            .seen
             .iter()
-            .any(|m: &String| m.lines().any(|l| l == want || l.starts_with(want)))
+            .any(|m| m.lines().any(|l| l.starts_with(want)))
         {
             assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "no {want}; got {seen:?}"
+                t0.elapsed() < Duration::from_secs(120),
+                "no {want}; got {:?}",
+                self.seen
             );
-            let n = sock.recv(&mut buf).unwrap();
-            seen.push(String::from_utf8_lossy(&buf[..n]).to_string());
+            let n = self.sock.recv(&mut buf).unwrap();
+            self.seen
+                .push(String::from_utf8_lossy(&buf[..n]).to_string());
         }
-    };
-    recv_until("READY=1", &mut seen);
-    assert!(seen.iter().any(|m| m.starts_with("STATUS=")), "{seen:?}");
-    let ready_at = seen.len();
-    recv_until("WATCHDOG=1", &mut seen);
-    assert!(seen.len() > ready_at);
-    seen.clear();
+    }
+}
+
+#[test]
+fn sd_notify_ready_watchdog_reload_and_stopping() {
+    let mut notify = NotifySocket::bind();
+    let mut agent = Agent::start_with("tiny_cnn", "", &[notify.env(), ("WATCHDOG_USEC", "400000")]);
+    notify.recv_until("READY=1");
+    assert!(
+        notify.seen.iter().any(|m| m.starts_with("STATUS=")),
+        "{:?}",
+        notify.seen
+    );
+    let ready_at = notify.seen.len();
+    notify.recv_until("WATCHDOG=1");
+    assert!(notify.seen.len() > ready_at);
+    notify.seen.clear();
     kill(agent.pid(), Signal::SIGHUP).unwrap();
-    recv_until("RELOADING=1", &mut seen);
-    recv_until("READY=1", &mut seen);
-    assert!(seen.iter().any(|m| m.contains("MONOTONIC_USEC=")));
-    seen.clear();
-    let child_pid = agent.pid();
-    kill(child_pid, Signal::SIGTERM).unwrap();
-    recv_until("STOPPING=1", &mut seen);
+    notify.recv_until("RELOADING=1");
+    notify.recv_until("READY=1");
+    assert!(notify.seen.iter().any(|m| m.contains("MONOTONIC_USEC=")));
+    notify.seen.clear();
+    kill(agent.pid(), Signal::SIGTERM).unwrap();
+    notify.recv_until("STOPPING=1");
     assert_eq!(agent.child.take().unwrap().wait().unwrap().code(), Some(0));
 }
 
@@ -673,22 +697,14 @@ print(json.dumps({"shape": list(y.shape), "dtype": str(y.dtype)}))
 
 #[test]
 fn auto_plan_profiles_before_ready_then_reuses_the_cached_profile() {
-    let dir = tempfile::tempdir().unwrap();
-    let sock_path = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
+    let mut notify = NotifySocket::bind();
     let mut agent = Agent::start_with(
         "tiny_cnn",
         "plan = \"auto\"\nprofile_budget_s = 10",
-        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+        &[notify.env()],
     );
-    let mut msgs = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !msgs.iter().any(|m: &String| m.contains("READY=1")) {
-        let n = sock.recv(&mut buf).unwrap();
-        msgs.push(String::from_utf8_lossy(&buf[..n]).to_string());
-    }
+    notify.recv_until("READY=1");
+    let msgs = &notify.seen;
     let extend = msgs
         .iter()
         .position(|m| m.starts_with("EXTEND_TIMEOUT_USEC="))
