@@ -326,6 +326,9 @@ fn status(state_dir: Option<PathBuf>, config: Option<PathBuf>, json: bool) -> Re
                 ms(p.predicted_latency_ms)
             );
         }
+        if let Some(e) = m.prediction_error_pct {
+            println!("  measured vs predicted batch latency: {e:+.1}% (median of recent batches)");
+        }
         for i in &m.instances {
             println!(
                 "  instance tid {:>7}: {} threads on cores {} (libtorch sees {})",

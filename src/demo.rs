@@ -114,7 +114,7 @@ pub fn run(model: &str) -> Result<i32> {
                 let t = &out[0].tensor;
                 let top = t.argmax(-1, false).int64_value(&[0]);
                 println!(
-                    "{name:<22} {b:>5} {:>7.1} ms  {} shape {:?}, top class of item 0: {top}",
+                    "{name:<22} {b:>5} {:>7.1} ms  {} shape {:?}, argmax of item 0: {top} (random weights)",
                     dt.as_secs_f64() * 1e3,
                     p.display(),
                     t.size()
