@@ -84,8 +84,14 @@ pub fn run(args: &BenchArgs) -> Result<i32> {
     tch::set_num_interop_threads(1);
     let topo = crate::daemon::usable_topology(&cfg)?;
     let model = Arc::new(Model::load(&mc.name, &mc.source, mc.inputs.clone())?);
-    let planned =
-        crate::daemon::build_plans(&mc, &model, &topo, &cfg.state_dir, &Notifier::from_env())?;
+    let planned = crate::daemon::build_plans(
+        &mc,
+        &model,
+        &topo,
+        &cfg.state_dir,
+        &Notifier::from_env(),
+        crate::daemon::Profiling::Allowed,
+    )?;
     let baseline = PlanTable::baseline(&topo, mc.max_batch);
     let n = topo.len();
     let one = vec![crate::instances::InstanceSpec {

@@ -50,15 +50,35 @@ pub fn usable_topology(cfg: &Config) -> Result<Topology> {
     Ok(Topology::detect(&cores))
 }
 
-/// The plan table for a model, per its config. `Auto` profiles (or reuses the cached profile);
-/// if that fails the model still serves, on the baseline.
+/// When a model with `plan = "auto"` may be profiled.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Profiling {
+    /// At start-up (and in `bench`): nothing is being served on these cores yet.
+    Allowed,
+    /// On reload: the instances are serving, so only a valid cached profile may be used.
+    CachedOnly,
+}
+
+/// The plan table for a model, per its config. `Auto` reuses the cached profile or, when
+/// `profiling` allows, measures one; if measuring fails the model still serves, on the baseline.
 pub fn build_plans(
     cfg: &ModelConfig,
     model: &Arc<Model>,
     topo: &Topology,
     state_dir: &Path,
     notifier: &Notifier,
+    profiling: Profiling,
 ) -> Result<PlanTable> {
+    if cfg.plan == PlanChoice::Auto && profiling == Profiling::CachedOnly {
+        let key = profiler::profile_key(cfg, topo)?;
+        let profile = profiler::cached(state_dir, &key).ok_or_else(|| {
+            anyhow!(
+                "no valid cached profile for '{0}' (new model file, or the host changed?), and profiling now would stall serving: run `packrat profile --model {0} --config <this agent's config>` and reload, or restart the agent",
+                cfg.name
+            )
+        })?;
+        return plans_from_profile(&profile, topo, cfg.max_batch);
+    }
     match &cfg.plan {
         PlanChoice::Baseline => Ok(PlanTable::baseline(topo, cfg.max_batch)),
         PlanChoice::Explicit(parts) => PlanTable::explicit(topo, parts, cfg.max_batch)
@@ -169,7 +189,14 @@ impl Agent {
             );
             let spool = Spool::open(config.spool.join(&mc.name), config.keep_inputs)?;
             spool.clean_tmp(Duration::from_secs(config.tmp_max_age_s));
-            let table = build_plans(mc, &model, &topo, &config.state_dir, &notifier)?;
+            let table = build_plans(
+                mc,
+                &model,
+                &topo,
+                &config.state_dir,
+                &notifier,
+                Profiling::Allowed,
+            )?;
             log_plans(&mc.name, &table);
             let rt = Arc::new(ModelRuntime::new(mc.clone(), model, spool, table));
             notifier.status(&format!("warming up model {}", mc.name));
@@ -254,7 +281,14 @@ impl Agent {
                 log::warn!("reload: model '{}' changed its source, inputs or max_batch: restart the agent to apply that", mc.name);
                 continue;
             }
-            match build_plans(mc, &rt.model, &self.topo, &new.state_dir, &self.notifier) {
+            match build_plans(
+                mc,
+                &rt.model,
+                &self.topo,
+                &new.state_dir,
+                &self.notifier,
+                Profiling::CachedOnly,
+            ) {
                 Ok(table) => {
                     log_plans(&mc.name, &table);
                     rt.set_plans(table);

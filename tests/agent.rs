@@ -801,3 +801,28 @@ fn the_submit_command_waits_and_reports_failures() {
         !wrong.status.success() && String::from_utf8_lossy(&wrong.stderr).contains("no incoming/")
     );
 }
+
+#[test]
+fn a_reload_never_profiles_while_serving() {
+    let agent = Agent::start("tiny_cnn", "plan = \"baseline\"");
+    fs::write(
+        &agent.config,
+        config_text(agent.dir.path(), "tiny_cnn", "plan = \"auto\""),
+    )
+    .unwrap();
+    kill(agent.pid(), Signal::SIGHUP).unwrap();
+    let t0 = Instant::now();
+    while !agent.log().contains("keeps its plan") {
+        assert!(t0.elapsed() < Duration::from_secs(30), "{}", agent.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(agent.log().contains("no valid cached profile"));
+    assert!(
+        !agent.state().join("profiles/m.json").exists(),
+        "nothing was measured"
+    );
+    let name = agent.submit("still.npy", &[("input".into(), input("tiny_cnn", 2))]);
+    agent.wait(&name).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(agent.status()["models"][0]["plan_source"], "baseline");
+}
