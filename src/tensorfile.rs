@@ -189,8 +189,33 @@ fn tensor_from(data: &[u8], shape: &[i64], kind: Kind) -> Result<Tensor, JobErro
         .map_err(|e| bad(format!("libtorch could not build the tensor: {e}")))
 }
 
+/// A parsed `.npy` header: dtype, shape, where the data starts and how long it is.
+struct NpyHeader {
+    kind: Kind,
+    shape: Vec<i64>,
+    data_start: usize,
+    data_len: usize,
+}
+
+fn truncated(what: &str, h: &NpyHeader, have: usize) -> JobError {
+    bad(format!(
+        "{what} is truncated: its header declares shape {:?} ({} bytes of data) but only {have} bytes follow",
+        h.shape, h.data_len
+    ))
+}
+
 /// Parses one `.npy` image: returns (kind, shape, data).
 fn parse_npy<'a>(bytes: &'a [u8], what: &str) -> Result<(Kind, Vec<i64>, &'a [u8]), JobError> {
+    let h = parse_npy_header(bytes, what)?;
+    let data = &bytes[h.data_start..];
+    if data.len() < h.data_len {
+        return Err(truncated(what, &h, data.len()));
+    }
+    Ok((h.kind, h.shape, &data[..h.data_len]))
+}
+
+/// Parses the header at the start of `bytes` (which need not hold the data).
+fn parse_npy_header(bytes: &[u8], what: &str) -> Result<NpyHeader, JobError> {
     if bytes.is_empty() {
         return Err(bad(format!(
             "{what} is empty: write a numpy array with np.save"
@@ -239,15 +264,43 @@ fn parse_npy<'a>(bytes: &'a [u8], what: &str) -> Result<(Kind, Vec<i64>, &'a [u8
     }
     let shape = dict_shape(header)
         .ok_or_else(|| bad(format!("{what}: .npy header has no valid 'shape'")))?;
-    let need = byte_len(&shape, kind)?;
-    let data = &bytes[end..];
-    if data.len() < need {
-        return Err(bad(format!(
-            "{what} is truncated: its header declares shape {shape:?} ({need} bytes of data) but only {} bytes follow",
-            data.len()
-        )));
+    let data_len = byte_len(&shape, kind)?;
+    Ok(NpyHeader {
+        kind,
+        shape,
+        data_start: end,
+        data_len,
+    })
+}
+
+/// Reads a `.npy` file of `len` bytes straight into a new tensor: the data is copied once,
+/// from the kernel into the tensor, not through an intermediate buffer.
+fn read_npy_file(f: &mut File, len: u64) -> Result<Vec<Named>, JobError> {
+    const WHAT: &str = "the .npy file";
+    let io = |e: std::io::Error| JobError::new("io", format!("cannot read the job file: {e}"));
+    // numpy writes headers of a few hundred bytes; 64 KiB covers any sane one.
+    let mut head = vec![0u8; (len as usize).min(64 * 1024)];
+    f.read_exact(&mut head).map_err(io)?;
+    let h = parse_npy_header(&head, WHAT)?;
+    let have = len as usize - h.data_start;
+    if have < h.data_len {
+        return Err(truncated(WHAT, &h, have));
     }
-    Ok((kind, shape, &data[..need]))
+    let tensor = Tensor::f_empty(h.shape.as_slice(), (h.kind, tch::Device::Cpu))
+        .map_err(|e| bad(format!("libtorch could not allocate the tensor: {e}")))?;
+    if h.data_len > 0 {
+        // SAFETY: `tensor` was just allocated, contiguous, on the CPU, with exactly `data_len`
+        // bytes (`byte_len` of its shape and kind), and nothing else refers to it yet.
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut u8, h.data_len) };
+        let in_head = (head.len() - h.data_start).min(h.data_len);
+        dst[..in_head].copy_from_slice(&head[h.data_start..h.data_start + in_head]);
+        f.read_exact(&mut dst[in_head..]).map_err(io)?;
+    }
+    Ok(vec![Named {
+        name: "input".into(),
+        tensor,
+    }])
 }
 
 fn dict_str(header: &str, key: &str) -> Option<String> {
@@ -279,31 +332,32 @@ fn dict_shape(header: &str) -> Option<Vec<i64>> {
 
 /// Reads every tensor of a job file. `max_bytes` bounds what is read into memory.
 pub fn read(path: &Path, format: Format, max_bytes: u64) -> Result<Vec<Named>, JobError> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| JobError::new("io", format!("cannot stat the job file: {e}")))?;
-    if meta.len() > max_bytes {
+    let io = |e: std::io::Error| JobError::new("io", format!("cannot read the job file: {e}"));
+    let mut file = File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if len > max_bytes {
         return Err(JobError::new(
             "too_large",
             format!(
-                "the file is {} bytes, over this model's max_job_bytes = {max_bytes}: split the batch into smaller jobs",
-                meta.len()
+                "the file is {len} bytes, over this model's max_job_bytes = {max_bytes}: split the batch into smaller jobs"
             ),
         ));
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|e| JobError::new("io", format!("cannot read the job file: {e}")))?;
+    if len == 0 {
+        return Err(bad(format!(
+            "the .{} file is empty: write it with numpy or safetensors",
+            format.ext()
+        )));
+    }
+    let whole = |mut file: File| {
+        let mut bytes = Vec::with_capacity(len as usize);
+        file.read_to_end(&mut bytes).map_err(io)?;
+        Ok::<_, JobError>(bytes)
+    };
     match format {
-        Format::Npy => {
-            let (kind, shape, data) = parse_npy(&bytes, "the .npy file")?;
-            Ok(vec![Named {
-                name: "input".into(),
-                tensor: tensor_from(data, &shape, kind)?,
-            }])
-        }
-        Format::Npz => read_npz(&bytes, max_bytes),
-        Format::Safetensors => read_safetensors(&bytes),
+        Format::Npy => read_npy_file(&mut file, len),
+        Format::Npz => read_npz(&whole(file)?, max_bytes),
+        Format::Safetensors => read_safetensors(&whole(file)?),
     }
 }
 
