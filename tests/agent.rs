@@ -320,11 +320,12 @@ fn sigterm_finishes_claimed_jobs_and_exits_zero() {
     assert!(agent.files("processing").is_empty());
 }
 
-/// A socket standing in for systemd's `$NOTIFY_SOCKET`, collecting what the agent sends.
+/// A socket standing in for systemd's `$NOTIFY_SOCKET`: like systemd, it reads continuously
+/// (a reader thread), and `seen` holds every message so far.
 struct NotifySocket {
     _dir: tempfile::TempDir,
     path: PathBuf,
-    sock: UnixDatagram,
+    messages: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     seen: Vec<String>,
 }
 
@@ -333,12 +334,20 @@ impl NotifySocket {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify.sock");
         let sock = UnixDatagram::bind(&path).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(120)))
-            .unwrap();
+        let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = messages.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                sink.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).to_string());
+            }
+        });
         NotifySocket {
             _dir: dir,
             path,
-            sock,
+            messages,
             seen: Vec::new(),
         }
     }
@@ -347,23 +356,25 @@ impl NotifySocket {
         ("NOTIFY_SOCKET", self.path.to_str().unwrap())
     }
 
-    /// Receives until a message has a line starting with `want`.
+    /// Waits until a message has a line starting with `want`; `seen` then holds the messages
+    /// received since the last `seen.clear()`.
     fn recv_until(&mut self, want: &str) {
-        let mut buf = [0u8; 4096];
         let t0 = Instant::now();
-        while !self
-            .seen
-            .iter()
-            .any(|m| m.lines().any(|l| l.starts_with(want)))
-        {
+        loop {
+            self.seen.extend(self.messages.lock().unwrap().drain(..));
+            if self
+                .seen
+                .iter()
+                .any(|m| m.lines().any(|l| l.starts_with(want)))
+            {
+                return;
+            }
             assert!(
                 t0.elapsed() < Duration::from_secs(120),
                 "no {want}; got {:?}",
                 self.seen
             );
-            let n = self.sock.recv(&mut buf).unwrap();
-            self.seen
-                .push(String::from_utf8_lossy(&buf[..n]).to_string());
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }
@@ -378,9 +389,14 @@ fn sd_notify_ready_watchdog_reload_and_stopping() {
         "{:?}",
         notify.seen
     );
-    let ready_at = notify.seen.len();
     notify.recv_until("WATCHDOG=1");
-    assert!(notify.seen.len() > ready_at);
+    let pos = |want: &str| {
+        notify
+            .seen
+            .iter()
+            .position(|m| m.lines().any(|l| l == want))
+    };
+    assert!(pos("WATCHDOG=1") > pos("READY=1"), "{:?}", notify.seen);
     notify.seen.clear();
     kill(agent.pid(), Signal::SIGHUP).unwrap();
     notify.recv_until("RELOADING=1");

@@ -5,10 +5,12 @@
 //! (powers of two up to that, and that). Each point is measured **co-located**: ⌊T/t⌋
 //! instances of (t, b) run at once on disjoint cores and the batch's wall time is recorded, so
 //! the profile includes the memory-bandwidth and cache interference that isolated profiles
-//! miss. Points go breadth-first over batch sizes; each repeats (after a warm-up) until its
-//! median is known to ±3 % (95 % confidence) or its share of the time budget is spent, and a
-//! point whose estimated cost would overrun the budget is skipped — the latency model
-//! extrapolates the larger batches of that thread count from the measured ones.
+//! miss. A first pass goes breadth-first over batch sizes, warming up and timing each point once;
+//! a point whose estimated cost would overrun the budget is skipped, and the latency model
+//! extrapolates the larger batches of that thread count. Then the points are timed again in
+//! rounds — so that the host's drift during profiling shifts them alike rather than skewing
+//! some against others — until each median is known to ±3 % (95 % confidence) or the budget is
+//! spent.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,6 +28,33 @@ use crate::model::Model;
 const TARGET_PRECISION: f64 = 0.03;
 const MIN_REPS: usize = 3;
 const MAX_REPS: usize = 25;
+
+/// A point being measured: ⌊T/t⌋ instances of (t, b) at once.
+struct Measured {
+    t: usize,
+    b: usize,
+    k: usize,
+    ti: usize,
+    inputs: Vec<tch::Tensor>,
+    samples: Vec<f64>,
+}
+
+impl Measured {
+    fn run(&self, set: &InstanceSet) -> Result<f64> {
+        let t0 = Instant::now();
+        set.run(&self.inputs, &vec![self.b; self.k])?;
+        Ok(t0.elapsed().as_secs_f64() * 1e3)
+    }
+
+    fn converged(&self) -> bool {
+        let n = self.samples.len();
+        n >= MAX_REPS || (n >= MIN_REPS && median_precision(&self.samples).1 <= TARGET_PRECISION)
+    }
+
+    fn cost_ms(&self) -> f64 {
+        median_precision(&self.samples).0
+    }
+}
 
 /// Progress callback: (points done, points in all, estimated time left, what is measured now).
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize, Duration, &str);
@@ -165,83 +194,116 @@ pub fn measure(
         .collect();
     order.sort();
     let start = Instant::now();
+    let over_budget =
+        |extra_ms: f64| start.elapsed().as_secs_f64() + extra_ms / 1e3 > budget.as_secs_f64();
     let mut done_weight = 0.0;
     let mut done = 0;
-    let mut points: Vec<Point> = Vec::new();
-    // Per thread count: the last measured (batch, median ms), and whether its row is closed.
+    // Per thread count: the last measured (batch, ms), and whether its row is closed.
     let mut last: Vec<Option<(usize, f64)>> = vec![None; plan.len()];
     let mut closed = vec![false; plan.len()];
+    // Every point runs on a view of one shared input, sized for the largest point.
+    let most_items = plan
+        .iter()
+        .map(|(t, bs)| bs.last().copied().unwrap_or(1) * (cores / t))
+        .max()
+        .unwrap_or(1);
+    let shared_inputs = model.example_inputs(most_items as i64);
+    // Pass 1, breadth-first: a warm-up and a first timed run of every point that fits.
+    let mut measured: Vec<Measured> = Vec::new();
     for (b, ti) in order {
         let t = plan[ti].0;
         let (k, set) = &sets[ti];
+        done += 1;
+        done_weight += b as f64;
         if closed[ti] {
-            done += 1;
-            done_weight += b as f64;
             continue;
         }
         // A warm-up and two timed runs at least: skip the point if that cannot fit.
-        let estimate = last[ti].map_or(0.0, |(pb, ms)| ms * b as f64 / pb as f64 * 3.0 / 1e3);
-        if b > 1 && start.elapsed().as_secs_f64() + estimate > budget.as_secs_f64() {
+        let estimate = last[ti].map_or(0.0, |(pb, ms)| ms * b as f64 / pb as f64 * 3.0);
+        if b > 1 && over_budget(estimate) {
             log::info!(
                 "profiling {}: budget reached; t={t} measured up to b={}, larger batches are extrapolated",
                 model.name,
                 last[ti].map_or(1, |l| l.0)
             );
             closed[ti] = true;
-            done += 1;
-            done_weight += b as f64;
             continue;
         }
-        let eta = if done_weight > 0.0 {
-            start
-                .elapsed()
-                .mul_f64((total_weight - done_weight) / done_weight)
-        } else {
-            budget
-        };
-        progress(done, total_points, eta, &format!("{k}×(t={t}, b={b})"));
-        let remaining = budget.saturating_sub(start.elapsed()).as_secs_f64();
-        let cap = remaining * b as f64 / (total_weight - done_weight).max(1.0);
-        let inputs = model.example_inputs((b * k) as i64);
-        let shares = vec![b; *k];
-        let run = || -> Result<f64> {
-            let t0 = Instant::now();
-            set.run(&inputs, &shares)?;
-            Ok(t0.elapsed().as_secs_f64() * 1e3)
+        let eta = start
+            .elapsed()
+            .mul_f64((total_weight - done_weight) / done_weight.max(1.0));
+        progress(done - 1, total_points, eta, &format!("{k}×(t={t}, b={b})"));
+        let mut point = Measured {
+            t,
+            b,
+            k: *k,
+            ti,
+            inputs: shared_inputs
+                .iter()
+                .map(|x| x.narrow(0, 0, (b * k) as i64))
+                .collect(),
+            samples: Vec::new(),
         };
         // Always warm up: the first run of a new batch size pays for oneDNN primitives and
         // for first-touch allocation of its activations (hundreds of MB for large batches).
-        run()?;
-        let t_point = Instant::now();
-        let mut xs = Vec::new();
-        loop {
-            xs.push(run()?);
-            let (_, prec) = median_precision(&xs);
-            let spent = t_point.elapsed().as_secs_f64();
-            let enough = xs.len() >= MIN_REPS && prec <= TARGET_PRECISION;
-            if enough || xs.len() >= MAX_REPS || (spent >= cap && xs.len() >= 2) {
-                break;
-            }
-        }
-        let (med, _) = median_precision(&xs);
-        let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = xs.iter().copied().fold(0.0, f64::max);
-        log::debug!(
-            "profile t={t} b={b} ×{k}: median {med:.2} ms over {} runs",
-            xs.len()
-        );
-        points.push(Point {
-            threads: t,
-            batch: b,
-            latency_ms: med,
-            latency_min_ms: Some(min),
-            latency_max_ms: Some(max),
-            samples: Some(xs.len()),
-        });
-        last[ti] = Some((b, med));
-        done += 1;
-        done_weight += b as f64;
+        point.run(set)?;
+        let ms = point.run(set)?;
+        point.samples.push(ms);
+        last[ti] = Some((b, ms));
+        measured.push(point);
     }
+    // Pass 2, in rounds over the points: drift during profiling then shifts every point alike
+    // instead of skewing some against others, and the plan depends on their ratios.
+    progress(
+        done,
+        total_points,
+        budget.saturating_sub(start.elapsed()),
+        "timing in rounds",
+    );
+    loop {
+        let open: Vec<usize> = (0..measured.len())
+            .filter(|&i| !measured[i].converged())
+            .collect();
+        if open.is_empty() {
+            break;
+        }
+        let round_ms: f64 = open.iter().map(|&i| measured[i].cost_ms()).sum();
+        if over_budget(round_ms) {
+            // Not a whole round left: give the remaining time to points with a single sample.
+            for &i in &open {
+                if measured[i].samples.len() < 2 && !over_budget(measured[i].cost_ms()) {
+                    let ms = measured[i].run(&sets[measured[i].ti].1)?;
+                    measured[i].samples.push(ms);
+                }
+            }
+            break;
+        }
+        for &i in &open {
+            let ms = measured[i].run(&sets[measured[i].ti].1)?;
+            measured[i].samples.push(ms);
+        }
+    }
+    let mut points: Vec<Point> = measured
+        .iter()
+        .map(|m| {
+            let (med, _) = median_precision(&m.samples);
+            log::debug!(
+                "profile t={} b={} ×{}: median {med:.2} ms over {} runs",
+                m.t,
+                m.b,
+                m.k,
+                m.samples.len()
+            );
+            Point {
+                threads: m.t,
+                batch: m.b,
+                latency_ms: med,
+                latency_min_ms: Some(m.samples.iter().copied().fold(f64::INFINITY, f64::min)),
+                latency_max_ms: Some(m.samples.iter().copied().fold(0.0, f64::max)),
+                samples: Some(m.samples.len()),
+            }
+        })
+        .collect();
     points.sort_by_key(|p| (p.threads, p.batch));
     progress(done, total_points, Duration::ZERO, "done");
     Ok(ProfileFile {
