@@ -99,9 +99,7 @@ impl Agent {
 
     /// Writes `tensors` to a job file and submits it; returns the job name.
     fn submit(&self, name: &str, tensors: &[(String, Tensor)]) -> String {
-        let path = self.dir.path().join(name);
-        let fmt = Format::from_path(&path).unwrap();
-        tensorfile::write(&mut fs::File::create(&path).unwrap(), fmt, tensors).unwrap();
+        let path = write_job(&self.dir.path().join(name), tensors);
         submit_one(&self.model_dir(), &path).unwrap()
     }
 
@@ -135,6 +133,13 @@ impl Drop for Agent {
             let _ = c.wait();
         }
     }
+}
+
+/// Writes a job file in the format its extension names; returns its path.
+fn write_job(path: &Path, tensors: &[(String, Tensor)]) -> PathBuf {
+    let fmt = Format::from_path(path).unwrap();
+    tensorfile::write(&mut fs::File::create(path).unwrap(), fmt, tensors).unwrap();
+    path.to_path_buf()
 }
 
 fn input(model: &str, batch: i64) -> Tensor {
@@ -497,28 +502,18 @@ fn npy_header(descr: &str, shape: &str) -> Vec<u8> {
 fn bad_inputs_land_in_failed_with_a_reason_and_the_agent_keeps_serving() {
     let agent = Agent::start("tiny_cnn", "");
     let inc = agent.model_dir().join("incoming");
-    let good = {
-        let p = agent.dir.path().join("good.npy");
-        tensorfile::write(
-            &mut fs::File::create(&p).unwrap(),
-            Format::Npy,
-            &[("x".into(), input("tiny_cnn", 2))],
-        )
-        .unwrap();
-        fs::read(&p).unwrap()
-    };
+    let good = fs::read(write_job(
+        &agent.dir.path().join("good.npy"),
+        &[("x".into(), input("tiny_cnn", 2))],
+    ))
+    .unwrap();
     let mut truncated = good.clone();
     truncated.truncate(good.len() / 2);
-    let f64_job = {
-        let p = agent.dir.path().join("f64.npy");
-        tensorfile::write(
-            &mut fs::File::create(&p).unwrap(),
-            Format::Npy,
-            &[("x".into(), input("tiny_cnn", 1).to_kind(Kind::Double))],
-        )
-        .unwrap();
-        fs::read(&p).unwrap()
-    };
+    let f64_job = fs::read(write_job(
+        &agent.dir.path().join("f64.npy"),
+        &[("x".into(), input("tiny_cnn", 1).to_kind(Kind::Double))],
+    ))
+    .unwrap();
     let mut huge = npy_header("<f4", "(4000000000, 3, 32, 32)");
     huge.extend_from_slice(&[0u8; 128]);
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
@@ -768,13 +763,10 @@ fn auto_plan_profiles_before_ready_then_reuses_the_cached_profile() {
 #[test]
 fn the_submit_command_waits_and_reports_failures() {
     let agent = Agent::start("tiny_cnn", "plan = \"baseline\"");
-    let good = agent.dir.path().join("good.npy");
-    tensorfile::write(
-        &mut fs::File::create(&good).unwrap(),
-        Format::Npy,
+    let good = write_job(
+        &agent.dir.path().join("good.npy"),
         &[("x".into(), input("tiny_cnn", 2))],
-    )
-    .unwrap();
+    );
     let bad = agent.dir.path().join("bad.npy");
     fs::write(&bad, b"not numpy").unwrap();
     let spool = agent.dir.path().join("spool");

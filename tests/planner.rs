@@ -28,6 +28,15 @@ fn shared_profiles() -> Vec<PathBuf> {
     v
 }
 
+/// The latency curve of one of the authors' profiles, by file name.
+fn shared_curve(file: &str) -> Curve {
+    let path = shared_profiles()
+        .into_iter()
+        .find(|p| p.ends_with(file))
+        .unwrap();
+    ProfileFile::load(&path).unwrap().curve().unwrap()
+}
+
 /// Minimum over every multiset of instances (t, b) with Σt <= cores and Σb = batch of the
 /// slowest instance, by plain enumeration (instances in non-increasing (t, b) order).
 fn brute(curve: &Curve, cores: usize, batch: usize) -> f64 {
@@ -140,11 +149,7 @@ fn never_worse_than_the_reference_on_the_authors_profiles() {
 #[test]
 fn idle_cores_beat_the_reference_for_inception_at_batch_1() {
     // The Skylake-18 profile planned for 16 of its cores, as in DESIGN §4.
-    let path = shared_profiles()
-        .into_iter()
-        .find(|p| p.ends_with("inception_skylake18.json"))
-        .unwrap();
-    let curve = ProfileFile::load(&path).unwrap().curve().unwrap();
+    let curve = shared_curve("inception_skylake18.json");
     let (reference, _) = dp::reference(&curve, 16, 1).unwrap();
     let (parts, ours) = dp::solve(&curve, 16, 1).plan(1).unwrap();
     // DESIGN §4: the reference predicts 32.3 ms; 8 threads alone give 27.5 ms.
@@ -169,11 +174,7 @@ fn idle_cores_beat_the_reference_for_inception_at_batch_1() {
 #[test]
 fn non_power_of_two_sub_batches_help_where_powers_cannot_split() {
     // B = 24 on 16 cores: the reference must use profiled batch sizes only.
-    let path = shared_profiles()
-        .into_iter()
-        .find(|p| p.ends_with("resnet_cloudlab16.json"))
-        .unwrap();
-    let curve = ProfileFile::load(&path).unwrap().curve().unwrap();
+    let curve = shared_curve("resnet_cloudlab16.json");
     let (parts, ours) = dp::solve(&curve, 16, 24).plan(24).unwrap();
     let (reference, _) = dp::reference(&curve, 16, 24).unwrap();
     assert!(ours < reference, "ours {ours} reference {reference}");
