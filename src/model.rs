@@ -5,7 +5,6 @@
 //! instance thread shares the same weights (DESIGN §2).
 
 use std::path::Path;
-use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use tch::nn::{self, ModuleT};
@@ -72,17 +71,73 @@ pub fn builtin_inputs(name: &str) -> Option<Vec<InputSpec>> {
     }])
 }
 
-// Built-ins are built from the global RNG: seeding and building must not interleave between
-// threads, or two loads of the same built-in would get different weights.
-static BUILD_LOCK: Mutex<()> = Mutex::new(());
-
 /// Fixed seed so that a built-in has the same random weights in every process: outputs are
 /// reproducible and tests can compare the agent against an in-process run.
-const BUILTIN_SEED: i64 = 0x5eed;
+const BUILTIN_SEED: u64 = 0x5eed;
+
+/// splitmix64: a tiny counter-based generator, so that weights do not depend on libtorch's
+/// process-wide RNG (any thread's `randn` draws from that one, between `manual_seed` and the
+/// weight draws, and two loads then differ).
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn new(seed: u64, name: &str) -> SplitMix {
+        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64 ^ seed, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        SplitMix(h)
+    }
+
+    /// Uniform in [0, 1).
+    fn next_f32(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// Overwrites every random variable of `vs` from [`SplitMix`], keyed by the variable's name,
+/// with the distribution tch's default initialisers gave it: Kaiming-uniform weights (fan in),
+/// linear biases uniform in ±1/√fan_in, batch-norm scales uniform in [0, 1). Constant variables
+/// (zero biases, running statistics, layer-norm affine) are left as built.
+fn deterministic_weights(vs: &nn::VarStore) -> Result<()> {
+    let vars = vs.variables();
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &vars[name];
+        let size = var.size();
+        let n = var.numel();
+        let constant = n < 2 || bool::try_from(var.max().eq_tensor(&var.min()))?;
+        if constant {
+            continue;
+        }
+        let fan_in = |shape: &[i64]| shape.iter().skip(1).product::<i64>().max(1) as f32;
+        let (lo, hi) = if size.len() >= 2 {
+            let bound = (6.0 / fan_in(&size)).sqrt();
+            (-bound, bound)
+        } else if let Some(prefix) = name.strip_suffix("bias") {
+            let weight = vars
+                .get(&format!("{prefix}weight"))
+                .map_or(n as f32, |w| fan_in(&w.size()));
+            let bound = 1.0 / weight.sqrt();
+            (-bound, bound)
+        } else {
+            (0.0, 1.0)
+        };
+        let mut rng = SplitMix::new(BUILTIN_SEED, name);
+        let values: Vec<f32> = (0..n).map(|_| lo + (hi - lo) * rng.next_f32()).collect();
+        let fresh = Tensor::from_slice(&values)
+            .reshape(&size)
+            .to_kind(var.kind());
+        tch::no_grad(|| var.shallow_clone().f_copy_(&fresh))?;
+    }
+    Ok(())
+}
 
 fn build_builtin(name: &str, inputs: &[InputSpec]) -> Result<CModule> {
-    let _guard = BUILD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    tch::manual_seed(BUILTIN_SEED);
     let examples: Vec<Tensor> = inputs
         .iter()
         .map(|i| {
@@ -159,6 +214,7 @@ fn build_builtin(name: &str, inputs: &[InputSpec]) -> Result<CModule> {
         }
         other => bail!("unknown built-in model '{other}'"),
     };
+    deterministic_weights(&vs).with_context(|| format!("initialising built-in '{name}'"))?;
     // Weights must not require grad, or tracing refuses to bake them into the graph.
     vs.freeze();
     let m = tch::no_grad(|| {
@@ -368,9 +424,23 @@ mod tests {
 
     #[test]
     fn builtins_have_the_same_weights_in_every_load() {
+        // Other tests draw from libtorch's process-wide RNG while this one loads; a thread that
+        // keeps drawing makes that certain instead of occasional.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let rng_user = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = Tensor::randn([64], (Kind::Float, tch::Device::Cpu));
+                }
+            })
+        };
         let spec = builtin_inputs("tiny_cnn").unwrap();
         let a = Model::load("a", "builtin:tiny_cnn", spec.clone()).unwrap();
+        tch::manual_seed(12345);
         let b = Model::load("b", "builtin:tiny_cnn", spec).unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        rng_user.join().unwrap();
         let x = a.example_inputs(2);
         assert!(a.forward(&x).unwrap()[0]
             .1
