@@ -1,27 +1,27 @@
 //! Agent overhead and memory, for builtin:resnet18 at B=1 and B=8 on the baseline plan (one
 //! instance, all cores).
 //!
-//! Overhead of a job = (rename into incoming/ → output visible) − (the forward pass of that
-//! same batch, timed inside the agent, from its debug log). A forward timed in *this* process
-//! is shown for reference, interleaved with the jobs; it is not subtracted, because the two
-//! processes' OpenMP workers spin-wait after each forward and slow each other down.
+//! Overhead = mean job time (rename into incoming/ → output visible) − the agent's mean forward
+//! time over the same batches (from `status.json`'s `batches` and `batch_ms_sum` counters). A
+//! forward timed in *this* process is shown for reference, interleaved with the jobs; it is not
+//! subtracted, because the two processes' OpenMP workers spin-wait after each forward and slow
+//! each other down.
 //! Then peak RSS of the agent with 1 and with 2 instances. Run: `cargo bench --bench overhead`.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use packrat::model::{builtin_inputs, Model};
-use packrat::status::percentile;
+use packrat::daemon::status::Status;
+use packrat::engine::{Builtin, Model, ModelSource};
+use packrat::planner::stats::percentile;
 use packrat::tensorfile::{self, Format};
 use tch::{Kind, Tensor};
 
 const ROUNDS: usize = 25;
 
-/// Starts the agent; the receiver yields each batch's forward time (ms) from its debug log.
-fn start(dir: &Path, plan: &str) -> (Child, mpsc::Receiver<f64>) {
+/// Starts the agent and waits for its status file.
+fn start(dir: &Path, plan: &str) -> Child {
     let cfg = dir.join("c.toml");
     std::fs::write(
         &cfg,
@@ -35,25 +35,9 @@ fn start(dir: &Path, plan: &str) -> (Child, mpsc::Receiver<f64>) {
     let child = Command::new(env!("CARGO_BIN_EXE_packrat"))
         .args(["serve", "--config"])
         .arg(&cfg)
-        .env("RUST_LOG", "packrat::queue=debug")
-        .stderr(Stdio::piped())
+        .env("RUST_LOG", "warn")
         .spawn()
         .expect("spawn agent");
-    let mut child = child;
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().expect("stderr");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let ms = line
-                .split(" ran in ")
-                .nth(1)
-                .and_then(|r| r.split(' ').next())
-                .and_then(|v| v.parse::<f64>().ok());
-            if let Some(ms) = ms {
-                let _ = tx.send(ms);
-            }
-        }
-    });
     let t0 = Instant::now();
     while !dir.join("state/status.json").exists() {
         assert!(
@@ -62,7 +46,22 @@ fn start(dir: &Path, plan: &str) -> (Child, mpsc::Receiver<f64>) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    (child, rx)
+    child
+}
+
+/// The agent's (batches, sum of batch forward ms) once it reports at least `at_least` batches.
+fn agent_batches(state: &Path, at_least: u64) -> (u64, f64) {
+    let t0 = Instant::now();
+    loop {
+        if let Ok(st) = Status::read(state) {
+            let m = &st.models[0];
+            if m.batches >= at_least {
+                return (m.batches, m.batch_ms_sum);
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "no status update");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn stop(mut c: Child) {
@@ -100,9 +99,12 @@ fn job_ms(model_dir: &Path, job: &Path, k: usize) -> f64 {
 
 fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let spec = builtin_inputs("resnet18").expect("builtin");
-    let model = Model::load("r", "builtin:resnet18", spec).expect("load resnet18");
-    let (agent, forwards) = start(dir.path(), "\"baseline\"");
+    let b18 = Builtin::Resnet18;
+    let model =
+        Model::load("r", &ModelSource::Builtin(b18), b18.default_inputs()).expect("load resnet18");
+    let agent = start(dir.path(), "\"baseline\"");
+    let state = dir.path().join("state");
+    let mut batches_so_far = 0;
     let model_dir = dir.path().join("spool/r");
     // In-process: same plan as the agent's baseline (one instance, both cores, pinned).
     let cpus = packrat::planner::topology::allowed_cpus().expect("cpus");
@@ -113,7 +115,7 @@ fn main() {
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("pin");
     let _ = tch::get_num_threads();
     tch::set_num_threads(cpus.len() as i32);
-    println!("agent overhead, builtin:resnet18, baseline plan, {ROUNDS} rounds (medians; overhead = job − the agent's forward of that batch)");
+    println!("agent overhead, builtin:resnet18, baseline plan, {ROUNDS} rounds (means; overhead = job − the agent's forward)");
     println!(
         "{:>3} {:>12} {:>14} {:>14} {:>12} {:>18}",
         "B", "job ms", "agent fwd ms", "overhead ms", "target ms", "this-process fwd"
@@ -128,29 +130,24 @@ fn main() {
             model.forward(&[x.shallow_clone()]).expect("warm");
             job_ms(&model_dir, &job, 1000 + b as usize * 100 + k);
         }
-        while forwards.try_recv().is_ok() {}
-        let (mut fwd, mut jobs, mut agent_fwd, mut over) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        batches_so_far += 3;
+        let (n0, sum0) = agent_batches(&state, batches_so_far);
+        let (mut fwd, mut jobs) = (Vec::new(), Vec::new());
         for r in 0..ROUNDS {
             let t0 = Instant::now();
             model.forward(&[x.shallow_clone()]).expect("forward");
             fwd.push(t0.elapsed().as_secs_f64() * 1e3);
-            let job = job_ms(&model_dir, &job, b as usize * 100 + r);
-            let inner = forwards
-                .recv_timeout(Duration::from_secs(10))
-                .expect("forward time in the agent log");
-            jobs.push(job);
-            agent_fwd.push(inner);
-            over.push(job - inner);
+            jobs.push(job_ms(&model_dir, &job, b as usize * 100 + r));
         }
-        let med = |v: Vec<f64>| percentile(v, 50.0).unwrap_or(f64::NAN);
-        let inner = med(agent_fwd);
+        batches_so_far = n0 + ROUNDS as u64;
+        let (n1, sum1) = agent_batches(&state, batches_so_far);
+        let inner = (sum1 - sum0) / (n1 - n0) as f64;
+        let mean_job = jobs.iter().sum::<f64>() / jobs.len() as f64;
         println!(
-            "{b:>3} {:>12.2} {inner:>14.2} {:>14.2} {:>12.2} {:>15.2} ms",
-            med(jobs),
-            med(over),
+            "{b:>3} {mean_job:>12.2} {inner:>14.2} {:>14.2} {:>12.2} {:>15.2} ms",
+            mean_job - inner,
             1.0 + 0.01 * inner,
-            med(fwd)
+            percentile(fwd, 50.0).unwrap_or(f64::NAN)
         );
     }
     println!(
@@ -158,7 +155,7 @@ fn main() {
         vm_hwm_mib(agent.id())
     );
     stop(agent);
-    let (agent2, _forwards2) = start(
+    let agent2 = start(
         dir.path(),
         "[{ threads = 1, batch = 4 }, { threads = 1, batch = 4 }]",
     );

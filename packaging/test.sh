@@ -10,5 +10,5 @@ if ! .venv/bin/python -c 'import numpy' 2>/dev/null; then
 fi
 export PACKRAT_TEST_PYTHON="$PWD/.venv/bin/python"
 cargo fmt --all -- --check
-cargo clippy --release --all-targets -- -D warnings
-cargo test --release
+cargo clippy --release --workspace --all-targets -- -D warnings
+cargo test --release --workspace

@@ -1,13 +1,15 @@
-//! The config file: TOML, parsed and fully validated before anything starts. Every error
-//! names the field, says why, and says what to write instead.
+//! The config file: TOML, parsed into serde structs (unknown fields refused), then validated
+//! field by field before anything starts. Every error names the field, says why, and says what
+//! to write instead. Defaults live in [`defaults`] and nowhere else.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::model::{builtin_inputs, InputSpec, BUILTINS};
-use crate::planner::topology::parse_cpu_list;
+use crate::engine::{Builtin, InputSpec, ModelSource};
+use crate::planner::topology::{self, parse_cpu_list, Topology};
+use crate::planner::FixedInstance;
 use crate::tensorfile::kind_from_name;
 
 /// A refused config. Exit code 78 (EX_CONFIG) when the daemon refuses one at start.
@@ -20,7 +22,42 @@ pub struct ConfigError {
     pub fix: String,
 }
 
+/// sysexits' EX_CONFIG.
 pub const EX_CONFIG: i32 = 78;
+
+/// Every default of the config, in one place (the README's table lists the same).
+pub mod defaults {
+    pub const STATE_DIR: &str = "/var/lib/packrat";
+    pub const RESCAN_INTERVAL_MS: u64 = 1000;
+    pub const TMP_MAX_AGE_S: u64 = 3600;
+    pub const KEEP_INPUTS: bool = false;
+    pub const MAX_BATCH: usize = 64;
+    pub const MAX_JOB_BYTES: u64 = 1 << 30;
+    pub const PROFILE_BUDGET_S: f64 = 60.0;
+    pub const DTYPE: &str = "float32";
+
+    pub fn rescan_interval_ms() -> u64 {
+        RESCAN_INTERVAL_MS
+    }
+    pub fn tmp_max_age_s() -> u64 {
+        TMP_MAX_AGE_S
+    }
+    pub fn keep_inputs() -> bool {
+        KEEP_INPUTS
+    }
+    pub fn max_batch() -> usize {
+        MAX_BATCH
+    }
+    pub fn max_job_bytes() -> u64 {
+        MAX_JOB_BYTES
+    }
+    pub fn profile_budget_s() -> f64 {
+        PROFILE_BUDGET_S
+    }
+}
+
+/// The largest `max_batch` accepted.
+pub const MAX_BATCH_LIMIT: usize = 4096;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,9 +65,12 @@ struct RawConfig {
     spool: PathBuf,
     state_dir: Option<PathBuf>,
     cores: Option<String>,
-    rescan_interval_ms: Option<u64>,
-    tmp_max_age_s: Option<u64>,
-    keep_inputs: Option<bool>,
+    #[serde(default = "defaults::rescan_interval_ms")]
+    rescan_interval_ms: u64,
+    #[serde(default = "defaults::tmp_max_age_s")]
+    tmp_max_age_s: u64,
+    #[serde(default = "defaults::keep_inputs")]
+    keep_inputs: bool,
     #[serde(default)]
     model: Vec<RawModel>,
 }
@@ -43,10 +83,13 @@ struct RawModel {
     input: Option<Vec<i64>>,
     dtype: Option<String>,
     inputs: Option<Vec<RawInput>>,
-    max_batch: Option<usize>,
-    max_job_bytes: Option<u64>,
+    #[serde(default = "defaults::max_batch")]
+    max_batch: usize,
+    #[serde(default = "defaults::max_job_bytes")]
+    max_job_bytes: u64,
     plan: Option<toml::Value>,
-    profile_budget_s: Option<f64>,
+    #[serde(default = "defaults::profile_budget_s")]
+    profile_budget_s: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,6 +100,15 @@ struct RawInput {
     dtype: Option<String>,
 }
 
+/// One instance of a `plan = [...]` list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInstance {
+    threads: usize,
+    batch: usize,
+    cores: Option<Vec<usize>>,
+}
+
 /// How a model's instances are chosen.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PlanChoice {
@@ -64,14 +116,14 @@ pub enum PlanChoice {
     Auto,
     /// One instance with every core.
     Baseline,
-    /// Fixed instances: (threads, batch share, optional cores).
-    Explicit(Vec<(usize, usize, Option<Vec<usize>>)>),
+    /// Fixed instances, their batch shares as weights.
+    Fixed(Vec<FixedInstance>),
 }
 
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub name: String,
-    pub source: String,
+    pub source: ModelSource,
     pub inputs: Vec<InputSpec>,
     pub max_batch: usize,
     pub max_job_bytes: u64,
@@ -92,291 +144,422 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
 }
 
-pub const MAX_BATCH_LIMIT: usize = 4096;
+impl Config {
+    /// The cores the agent may use: `cores` (checked against the CPU affinity mask) or the mask.
+    pub fn topology(&self) -> anyhow::Result<Topology> {
+        use anyhow::Context;
+        topology::usable(self.cores.as_deref())
+            .with_context(|| format!("{}: cores", self.path.display()))
+    }
+}
+
+/// A refusal before the file name is attached: (field, problem, fix).
+struct Refusal(String, String, String);
+
+fn refuse<T>(
+    field: impl Into<String>,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> Result<T, Refusal> {
+    Err(Refusal(field.into(), problem.into(), fix.into()))
+}
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let file = path.display().to_string();
-        let err = |field: &str, problem: String, fix: &str| ConfigError {
-            file: file.clone(),
-            field: field.to_string(),
+        let err = |Refusal(field, problem, fix)| ConfigError {
+            file: path.display().to_string(),
+            field,
             problem,
-            fix: fix.to_string(),
+            fix,
         };
         let text = std::fs::read_to_string(path).map_err(|e| {
-            err(
-                "(file)",
+            err(Refusal(
+                "(file)".into(),
                 format!("cannot read it: {e}"),
-                "pass an existing TOML file: packrat serve --config /etc/packrat/packrat.toml",
-            )
+                "pass an existing TOML file: packrat serve --config /etc/packrat/packrat.toml"
+                    .into(),
+            ))
         })?;
-        let raw: RawConfig = toml::from_str(&text).map_err(|e| {
-            let span = e.span().map(|s| {
-                let line = text[..s.start].matches('\n').count() + 1;
-                format!("line {line}")
-            });
-            err(
-                span.as_deref().unwrap_or("(syntax)"),
+        Self::parse(path, &text).map_err(err)
+    }
+
+    fn parse(path: &Path, text: &str) -> Result<Config, Refusal> {
+        let raw: RawConfig = toml::from_str(text).or_else(|e| {
+            let line = e
+                .span()
+                .map(|s| format!("line {}", text[..s.start].matches('\n').count() + 1));
+            refuse(
+                line.unwrap_or_else(|| "(syntax)".into()),
                 e.message().to_string(),
                 "see examples/packrat.toml for every field and its type",
             )
         })?;
-        Self::validate(path, raw).map_err(|(field, problem, fix)| err(&field, problem, &fix))
-    }
-
-    fn validate(path: &Path, raw: RawConfig) -> Result<Config, (String, String, String)> {
-        let e = |f: &str, p: String, x: &str| (f.to_string(), p, x.to_string());
         if !raw.spool.is_absolute() {
-            return Err(e(
+            return refuse(
                 "spool",
                 format!("'{}' is not an absolute path", raw.spool.display()),
                 "write spool = \"/var/spool/packrat\"",
-            ));
+            );
         }
-        let cores = match &raw.cores {
-            None => None,
-            Some(s) => {
-                let list = parse_cpu_list(s).map_err(|x| {
-                    e(
-                        "cores",
-                        x.to_string(),
-                        "write cores = \"0-3\" or leave it out to use the CPU affinity mask",
-                    )
-                })?;
-                if list.is_empty() {
-                    return Err(e(
-                        "cores",
-                        "the list is empty".into(),
-                        "write cores = \"0-3\" or leave it out",
-                    ));
-                }
-                Some(list)
-            }
-        };
-        let rescan = raw.rescan_interval_ms.unwrap_or(1000);
-        if !(10..=600_000).contains(&rescan) {
-            return Err(e(
+        let cores = raw.cores.as_deref().map(cores).transpose()?;
+        if !(10..=600_000).contains(&raw.rescan_interval_ms) {
+            return refuse(
                 "rescan_interval_ms",
-                format!("{rescan} is out of range"),
-                "use 10..600000 (default 1000)",
-            ));
+                format!("{} is out of range", raw.rescan_interval_ms),
+                format!("use 10..600000 (default {})", defaults::RESCAN_INTERVAL_MS),
+            );
         }
         if raw.model.is_empty() {
-            return Err(e(
+            return refuse(
                 "model",
-                "no [[model]] is configured".into(),
+                "no [[model]] is configured",
                 "add a [[model]] table with name, source and input (see examples/packrat.toml)",
-            ));
+            );
         }
         let mut names = HashSet::new();
         let mut models = Vec::new();
         for (i, m) in raw.model.into_iter().enumerate() {
-            let f = |k: &str| format!("model[{i}].{k}");
-            let valid_name = !m.name.is_empty()
-                && m.name.len() <= 64
-                && !m.name.starts_with('.')
-                && m.name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-            if !valid_name {
-                return Err(e(
-                    &f("name"),
-                    format!("'{}' cannot be a spool folder name", m.name),
-                    "use letters, digits, '-', '_' or '.', e.g. name = \"resnet18\"",
-                ));
-            }
+            let m = model(i, m, cores.as_deref())?;
             if !names.insert(m.name.clone()) {
-                return Err(e(
-                    &f("name"),
+                return refuse(
+                    format!("model[{i}].name"),
                     format!("'{}' is used by two models", m.name),
                     "give every [[model]] its own name",
-                ));
+                );
             }
-            let builtin = m.source.strip_prefix("builtin:");
-            match builtin {
-                Some(b) if builtin_inputs(b).is_none() => {
-                    let known: Vec<&str> = BUILTINS.iter().map(|b| b.0).collect();
-                    return Err(e(
-                        &f("source"),
-                        format!("there is no built-in model '{b}'"),
-                        &format!("use one of builtin:{}", known.join(", builtin:")),
-                    ));
-                }
-                None if !Path::new(&m.source).is_absolute() => {
-                    return Err(e(
-                        &f("source"),
-                        format!(
-                            "'{}' is neither builtin:NAME nor an absolute path",
-                            m.source
-                        ),
-                        "write source = \"builtin:resnet18\" or source = \"/srv/models/model.pt\"",
-                    ));
-                }
-                None if !Path::new(&m.source).is_file() => {
-                    return Err(e(
-                        &f("source"),
-                        format!("TorchScript file '{}' does not exist", m.source),
-                        "check the path, or export the model with torch.jit.save",
-                    ));
-                }
-                _ => {}
-            }
-            let dtype = |field: String, d: &Option<String>| {
-                match d {
-                None => Ok(tch::Kind::Float),
-                Some(d) => kind_from_name(d).ok_or_else(|| e(&field, format!("unknown dtype '{d}'"), "use float32, float64, float16, bfloat16, int64, int32, int16, int8, uint8 or bool")),
-            }
-            };
-            let check_shape = |field: String, s: &[i64]| {
-                if s.iter().any(|&d| d < 1) {
-                    Err(e(&field, format!("{s:?} has a dimension < 1"), "give the shape of ONE item without the batch dimension, e.g. input = [3, 224, 224]"))
-                } else {
-                    Ok(())
-                }
-            };
-            let inputs = match (&m.input, &m.inputs) {
-                (Some(_), Some(_)) => return Err(e(&f("inputs"), "both input and inputs are set".into(), "use input = [...] for one input, or inputs = [{name, shape, dtype}] for several")),
-                (Some(shape), None) => {
-                    check_shape(f("input"), shape)?;
-                    vec![InputSpec { name: "input".into(), shape: shape.clone(), dtype: dtype(f("dtype"), &m.dtype)? }]
-                }
-                (None, Some(list)) => {
-                    if list.is_empty() {
-                        return Err(e(&f("inputs"), "the list is empty".into(), "give at least one {name, shape, dtype}"));
-                    }
-                    let mut v = Vec::new();
-                    for (k, inp) in list.iter().enumerate() {
-                        check_shape(f(&format!("inputs[{k}].shape")), &inp.shape)?;
-                        v.push(InputSpec { name: inp.name.clone(), shape: inp.shape.clone(), dtype: dtype(f(&format!("inputs[{k}].dtype")), &inp.dtype)? });
-                    }
-                    v
-                }
-                (None, None) => match builtin.and_then(builtin_inputs) {
-                    Some(v) => v,
-                    None => return Err(e(&f("input"), "a TorchScript model needs its input shape".into(), "write input = [3, 224, 224] (one item, without the batch dimension)")),
-                },
-            };
-            let max_batch = m.max_batch.unwrap_or(64);
-            if !(1..=MAX_BATCH_LIMIT).contains(&max_batch) {
-                return Err(e(
-                    &f("max_batch"),
-                    format!("{max_batch} is out of range"),
-                    &format!("use 1..{MAX_BATCH_LIMIT}, e.g. max_batch = 64"),
-                ));
-            }
-            let max_job_bytes = m.max_job_bytes.unwrap_or(1 << 30);
-            if max_job_bytes == 0 {
-                return Err(e(
-                    &f("max_job_bytes"),
-                    "0 would refuse every job".into(),
-                    "leave it out (1 GiB) or give a byte count",
-                ));
-            }
-            let plan =
-                parse_plan(&m.plan, cores.as_ref()).map_err(|(p, x)| e(&f("plan"), p, &x))?;
-            let budget = m.profile_budget_s.unwrap_or(60.0);
-            if !(budget.is_finite() && budget > 0.0) {
-                return Err(e(
-                    &f("profile_budget_s"),
-                    format!("{budget} is not a positive number of seconds"),
-                    "leave it out (60) or write e.g. profile_budget_s = 60",
-                ));
-            }
-            models.push(ModelConfig {
-                name: m.name,
-                source: m.source,
-                inputs,
-                max_batch,
-                max_job_bytes,
-                plan,
-                profile_budget_s: budget,
-            });
+            models.push(m);
         }
-        let state_dir = raw
-            .state_dir
-            .or_else(|| {
-                std::env::var_os("STATE_DIRECTORY").map(|s| {
-                    PathBuf::from(s.to_string_lossy().split(':').next().unwrap_or_default())
-                })
-            })
-            .unwrap_or_else(|| PathBuf::from("/var/lib/packrat"));
         Ok(Config {
             path: path.to_path_buf(),
             spool: raw.spool,
-            state_dir,
+            state_dir: raw.state_dir.unwrap_or_else(state_dir_from_env),
             cores,
-            rescan_interval_ms: rescan,
-            tmp_max_age_s: raw.tmp_max_age_s.unwrap_or(3600),
-            keep_inputs: raw.keep_inputs.unwrap_or(false),
+            rescan_interval_ms: raw.rescan_interval_ms,
+            tmp_max_age_s: raw.tmp_max_age_s,
+            keep_inputs: raw.keep_inputs,
             models,
         })
     }
 }
 
-fn parse_plan(
-    v: &Option<toml::Value>,
-    cores: Option<&Vec<usize>>,
-) -> Result<PlanChoice, (String, String)> {
-    let fix = "write plan = \"auto\", plan = \"baseline\", or plan = [{ threads = 1, batch = 4 }, { threads = 1, batch = 4 }] (cores = [0] optional)".to_string();
-    let v = match v {
-        None => return Ok(PlanChoice::Auto),
-        Some(v) => v,
-    };
-    match v {
-        toml::Value::String(s) if s == "auto" => Ok(PlanChoice::Auto),
-        toml::Value::String(s) if s == "baseline" => Ok(PlanChoice::Baseline),
-        toml::Value::Array(items) if !items.is_empty() => {
-            let mut parts = Vec::new();
-            for (k, it) in items.iter().enumerate() {
-                let t = it
-                    .get("threads")
-                    .and_then(|x| x.as_integer())
-                    .filter(|&x| x >= 1);
-                let b = it
-                    .get("batch")
-                    .and_then(|x| x.as_integer())
-                    .filter(|&x| x >= 1);
-                let (Some(t), Some(b)) = (t, b) else {
-                    return Err((
-                        format!("instance {k} needs threads >= 1 and batch >= 1"),
-                        fix,
-                    ));
-                };
-                let c = match it.get("cores") {
-                    None => None,
-                    Some(c) => {
-                        let list: Option<Vec<usize>> = c.as_array().and_then(|a| {
-                            a.iter()
-                                .map(|x| x.as_integer().and_then(|i| usize::try_from(i).ok()))
-                                .collect()
-                        });
-                        let list = list.ok_or_else(|| {
-                            (
-                                format!("instance {k}: cores must be a list of CPU numbers"),
-                                fix.clone(),
-                            )
-                        })?;
-                        if list.len() != t as usize {
-                            return Err((
-                                format!("instance {k} has threads = {t} but {} cores", list.len()),
-                                "give as many cores as threads, or leave cores out".into(),
-                            ));
-                        }
-                        if let Some(allowed) = cores {
-                            if let Some(bad) = list.iter().find(|c| !allowed.contains(c)) {
-                                return Err((
-                                    format!("instance {k} uses core {bad}, which is not in cores"),
-                                    "use only cores listed in the top-level cores".into(),
-                                ));
-                            }
-                        }
-                        Some(list)
-                    }
-                };
-                parts.push((t as usize, b as usize, c));
-            }
-            Ok(PlanChoice::Explicit(parts))
+/// systemd's `$STATE_DIRECTORY` (its first entry) when set, else the default.
+fn state_dir_from_env() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .and_then(|s| s.to_string_lossy().split(':').next().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(defaults::STATE_DIR))
+}
+
+fn cores(s: &str) -> Result<Vec<usize>, Refusal> {
+    let fix = "write cores = \"0-3\" or leave it out to use the CPU affinity mask";
+    match parse_cpu_list(s) {
+        Ok(list) if list.is_empty() => refuse("cores", "the list is empty", fix),
+        Ok(list) => Ok(list),
+        Err(e) => refuse("cores", e.to_string(), fix),
+    }
+}
+
+fn model(i: usize, m: RawModel, cores: Option<&[usize]>) -> Result<ModelConfig, Refusal> {
+    let f = |k: &str| format!("model[{i}].{k}");
+    let valid_name = !m.name.is_empty()
+        && m.name.len() <= 64
+        && !m.name.starts_with('.')
+        && m.name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !valid_name {
+        return refuse(
+            f("name"),
+            format!("'{}' cannot be a spool folder name", m.name),
+            "use letters, digits, '-', '_' or '.', e.g. name = \"resnet18\"",
+        );
+    }
+    let source = source(&f("source"), &m.source)?;
+    let inputs = inputs(&f, &m, &source)?;
+    if let ModelSource::Builtin(b) = &source {
+        if let Err(need) = b.check_inputs(&inputs) {
+            return refuse(
+                f("inputs"),
+                need,
+                "leave input/inputs out to use the built-in's own",
+            );
         }
-        other => Err((format!("{other} is not a plan"), fix)),
+    }
+    if !(1..=MAX_BATCH_LIMIT).contains(&m.max_batch) {
+        return refuse(
+            f("max_batch"),
+            format!("{} is out of range", m.max_batch),
+            format!(
+                "use 1..{MAX_BATCH_LIMIT}, e.g. max_batch = {}",
+                defaults::MAX_BATCH
+            ),
+        );
+    }
+    if m.max_job_bytes == 0 {
+        return refuse(
+            f("max_job_bytes"),
+            "0 would refuse every job",
+            "leave it out (1 GiB) or give a byte count",
+        );
+    }
+    let plan = plan(&f("plan"), m.plan.as_ref(), cores)?;
+    let budget = m.profile_budget_s;
+    if !(budget.is_finite() && budget > 0.0) {
+        return refuse(
+            f("profile_budget_s"),
+            format!("{budget} is not a positive number of seconds"),
+            format!(
+                "leave it out ({}) or write e.g. profile_budget_s = 60",
+                defaults::PROFILE_BUDGET_S
+            ),
+        );
+    }
+    Ok(ModelConfig {
+        name: m.name,
+        source,
+        inputs,
+        max_batch: m.max_batch,
+        max_job_bytes: m.max_job_bytes,
+        plan,
+        profile_budget_s: budget,
+    })
+}
+
+fn source(field: &str, s: &str) -> Result<ModelSource, Refusal> {
+    if let Some(name) = s.strip_prefix("builtin:") {
+        return match Builtin::from_name(name) {
+            Some(b) => Ok(ModelSource::Builtin(b)),
+            None => {
+                let known: Vec<&str> = Builtin::ALL.iter().map(|b| b.name()).collect();
+                refuse(
+                    field,
+                    format!("there is no built-in model '{name}'"),
+                    format!("use one of builtin:{}", known.join(", builtin:")),
+                )
+            }
+        };
+    }
+    let path = Path::new(s);
+    if !path.is_absolute() {
+        return refuse(
+            field,
+            format!("'{s}' is neither builtin:NAME nor an absolute path"),
+            "write source = \"builtin:resnet18\" or source = \"/srv/models/model.pt\"",
+        );
+    }
+    if !path.is_file() {
+        return refuse(
+            field,
+            format!("TorchScript file '{s}' does not exist"),
+            "check the path, or export the model with torch.jit.save",
+        );
+    }
+    Ok(ModelSource::TorchScript(path.to_path_buf()))
+}
+
+fn dtype(field: String, d: Option<&str>) -> Result<tch::Kind, Refusal> {
+    let d = d.unwrap_or(defaults::DTYPE);
+    kind_from_name(d).map_or_else(
+        || {
+            refuse(
+                field,
+                format!("unknown dtype '{d}'"),
+                "use float32, float64, float16, bfloat16, int64, int32, int16, int8, uint8 or bool",
+            )
+        },
+        Ok,
+    )
+}
+
+fn shape(field: String, s: &[i64]) -> Result<Vec<i64>, Refusal> {
+    if s.iter().any(|&d| d < 1) {
+        return refuse(
+            field,
+            format!("{s:?} has a dimension < 1"),
+            "give the shape of ONE item without the batch dimension, e.g. input = [3, 224, 224]",
+        );
+    }
+    Ok(s.to_vec())
+}
+
+fn inputs(
+    f: &dyn Fn(&str) -> String,
+    m: &RawModel,
+    source: &ModelSource,
+) -> Result<Vec<InputSpec>, Refusal> {
+    match (&m.input, &m.inputs) {
+        (Some(_), Some(_)) => refuse(
+            f("inputs"),
+            "both input and inputs are set",
+            "use input = [...] for one input, or inputs = [{name, shape, dtype}] for several",
+        ),
+        (Some(s), None) => Ok(vec![InputSpec {
+            name: "input".into(),
+            shape: shape(f("input"), s)?,
+            dtype: dtype(f("dtype"), m.dtype.as_deref())?,
+        }]),
+        (None, Some(list)) if list.is_empty() => refuse(
+            f("inputs"),
+            "the list is empty",
+            "give at least one {name, shape, dtype}",
+        ),
+        (None, Some(list)) => list
+            .iter()
+            .enumerate()
+            .map(|(k, inp)| {
+                Ok(InputSpec {
+                    name: inp.name.clone(),
+                    shape: shape(f(&format!("inputs[{k}].shape")), &inp.shape)?,
+                    dtype: dtype(f(&format!("inputs[{k}].dtype")), inp.dtype.as_deref())?,
+                })
+            })
+            .collect(),
+        (None, None) => match source {
+            ModelSource::Builtin(b) => Ok(b.default_inputs()),
+            ModelSource::TorchScript(_) => refuse(
+                f("input"),
+                "a TorchScript model needs its input shape",
+                "write input = [3, 224, 224] (one item, without the batch dimension)",
+            ),
+        },
+    }
+}
+
+fn plan(
+    field: &str,
+    v: Option<&toml::Value>,
+    cores: Option<&[usize]>,
+) -> Result<PlanChoice, Refusal> {
+    let fix = "write plan = \"auto\", plan = \"baseline\", or plan = [{ threads = 1, batch = 4 }, { threads = 1, batch = 4 }] (cores = [0] optional)";
+    let items = match v {
+        None => return Ok(PlanChoice::Auto),
+        Some(toml::Value::String(s)) if s == "auto" => return Ok(PlanChoice::Auto),
+        Some(toml::Value::String(s)) if s == "baseline" => return Ok(PlanChoice::Baseline),
+        Some(toml::Value::Array(items)) if !items.is_empty() => items,
+        Some(other) => return refuse(field, format!("{other} is not a plan"), fix),
+    };
+    let mut parts = Vec::with_capacity(items.len());
+    for (k, item) in items.iter().enumerate() {
+        let inst = RawInstance::deserialize(item.clone())
+            .or_else(|e| refuse(field, format!("instance {k}: {}", e.message()), fix))?;
+        if inst.threads < 1 || inst.batch < 1 {
+            return refuse(
+                field,
+                format!("instance {k} needs threads >= 1 and batch >= 1"),
+                fix,
+            );
+        }
+        if let Some(list) = &inst.cores {
+            if list.len() != inst.threads {
+                return refuse(
+                    field,
+                    format!(
+                        "instance {k} has threads = {} but {} cores",
+                        inst.threads,
+                        list.len()
+                    ),
+                    "give as many cores as threads, or leave cores out",
+                );
+            }
+            if let Some(bad) = cores.and_then(|allowed| list.iter().find(|c| !allowed.contains(c)))
+            {
+                return refuse(
+                    field,
+                    format!("instance {k} uses core {bad}, which is not in cores"),
+                    "use only cores listed in the top-level cores",
+                );
+            }
+        }
+        parts.push(FixedInstance {
+            threads: inst.threads,
+            weight: inst.batch,
+            cores: inst.cores,
+        });
+    }
+    Ok(PlanChoice::Fixed(parts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, (String, String)> {
+        Config::parse(Path::new("t.toml"), text).map_err(|Refusal(f, p, _)| (f, p))
+    }
+
+    fn with_model(model: &str) -> String {
+        format!("spool = \"/s\"\nstate_dir = \"/st\"\n[[model]]\nname = \"m\"\n{model}\n")
+    }
+
+    #[test]
+    fn a_minimal_config_gets_every_default() {
+        let c = parse(&with_model("source = \"builtin:tiny_cnn\"")).unwrap();
+        assert_eq!(c.rescan_interval_ms, defaults::RESCAN_INTERVAL_MS);
+        assert_eq!(c.tmp_max_age_s, defaults::TMP_MAX_AGE_S);
+        let m = &c.models[0];
+        assert_eq!(m.source, ModelSource::Builtin(Builtin::TinyCnn));
+        assert_eq!(m.inputs, Builtin::TinyCnn.default_inputs());
+        assert_eq!(
+            (m.max_batch, m.plan.clone()),
+            (defaults::MAX_BATCH, PlanChoice::Auto)
+        );
+    }
+
+    #[test]
+    fn each_mistake_names_its_field() {
+        let cases = [
+            ("source = \"builtin:nope\"", "model[0].source", "no built-in"),
+            ("source = \"rel.pt\"\ninput = [1]", "model[0].source", "absolute"),
+            ("source = \"/no/such.pt\"\ninput = [1]", "model[0].source", "does not exist"),
+            ("source = \"builtin:tiny_cnn\"\nmax_batch = 0", "model[0].max_batch", "out of range"),
+            ("source = \"builtin:tiny_cnn\"\ninput = [3, 0, 4]", "model[0].input", "< 1"),
+            ("source = \"builtin:tiny_cnn\"\ndtype = \"f128\"\ninput = [3, 8, 8]", "model[0].dtype", "unknown dtype"),
+            ("source = \"builtin:two_heads\"\ninputs = [{ name = \"a\", shape = [16] }]", "model[0].inputs", "two_heads"),
+            ("source = \"builtin:bert_base\"\ninputs = [{ name = \"input_ids\", shape = [], dtype = \"int64\" }]", "model[0].inputs", "bert_base"),
+            ("source = \"builtin:tiny_cnn\"\nplan = \"fast\"", "model[0].plan", "not a plan"),
+            ("source = \"builtin:tiny_cnn\"\nplan = [{ threads = 1, batch = 1, core = [0] }]", "model[0].plan", "unknown field `core`"),
+            ("source = \"builtin:tiny_cnn\"\nplan = [{ threads = 2, batch = 1, cores = [0] }]", "model[0].plan", "but 1 cores"),
+            ("source = \"builtin:tiny_cnn\"\nprofile_budget_s = -1.0", "model[0].profile_budget_s", "positive"),
+        ];
+        for (model, field, problem) in cases {
+            let (f, p) = parse(&with_model(model)).unwrap_err();
+            assert_eq!(f, field, "{model}");
+            assert!(p.contains(problem), "{model}: {p}");
+        }
+    }
+
+    #[test]
+    fn top_level_mistakes_name_their_field_too() {
+        let m = "[[model]]\nname = \"m\"\nsource = \"builtin:tiny_cnn\"\n";
+        let cases = [
+            (format!("spool = \"rel\"\n{m}"), "spool"),
+            (format!("spool = \"/s\"\ncores = \"3-1\"\n{m}"), "cores"),
+            (
+                format!("spool = \"/s\"\ncores = \"0-100000000000\"\n{m}"),
+                "cores",
+            ),
+            (
+                format!("spool = \"/s\"\nrescan_interval_ms = 1\n{m}"),
+                "rescan_interval_ms",
+            ),
+            ("spool = \"/s\"\n".to_string(), "model"),
+            (format!("spool = \"/s\"\n{m}{m}"), "model[1].name"),
+            (format!("spool = \"/s\"\nbogus = 1\n{m}"), "line 2"),
+        ];
+        for (text, field) in cases {
+            assert_eq!(parse(&text).unwrap_err().0, field, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_fixed_plan_keeps_threads_weights_and_cores() {
+        let c = parse(&with_model(
+            "source = \"builtin:tiny_cnn\"\nplan = [{ threads = 1, batch = 3, cores = [1] }, { threads = 1, batch = 1 }]",
+        ))
+        .unwrap();
+        let PlanChoice::Fixed(parts) = &c.models[0].plan else {
+            panic!("{:?}", c.models[0].plan)
+        };
+        assert_eq!(parts[0].cores, Some(vec![1]));
+        assert_eq!((parts[1].threads, parts[1].weight), (1, 1));
     }
 }

@@ -4,35 +4,35 @@
 //!
 //! # Layout
 //!
-//! A job flows spool → queue → planner → instances → outputs:
+//! A job flows spool → runtime (queue, dispatcher) → planner → engine (instances) → outputs.
+//! Modules depend only on those listed after them (`tests/layers.rs` checks it):
 //!
-//! - [`config`]: the TOML config, validated field by field before anything starts;
-//! - [`spool`]: the on-disk protocol — claim by rename, atomic outputs, failed/ with reasons,
-//!   restart recovery;
-//! - [`tensorfile`]: `.npy` / `.npz` / `.safetensors` reading (validated) and writing;
-//! - [`queue`]: per-model queue and dispatcher — coalescing, splitting, reconfiguration;
-//! - [`planner`]: latency profiles, targeted profiling, the knapsack DP, core topology;
-//! - [`instances`]: pinned instance threads sharing one model;
-//! - [`model`]: TorchScript files and built-in models behind one `CModule`;
-//! - [`builtins`]: the built-in networks (random weights, batch-agnostic when traced);
-//! - [`daemon`]: `packrat serve` — start-up, inotify, signals, reload, drain;
-//! - [`sdnotify`], [`status`]: talking to systemd, the status file and metrics;
-//! - [`bench`], [`demo`], [`cli`]: the side-by-side benchmark, the guided demo, the commands.
+//! - [`commands`]: the command line, one file per command (`serve`, `submit`, `status`, `plan`,
+//!   `profile`, `bench`, `demo`); thin, none imports another;
+//! - [`daemon`]: `packrat serve` — the event loop (signals, inotify, timers), reload and drain,
+//!   sd_notify, the status file and metrics;
+//! - [`runtime`]: one per model — its queue, dispatcher (coalescing, splitting), plan table in
+//!   force, stats and drift;
+//! - [`config`]: the TOML config, parsed and validated field by field before anything starts;
+//! - [`profiler`]: targeted, co-located profiling through the engine, and the profile cache;
+//! - [`engine`]: libtorch — models (TorchScript files, built-ins), pinned instance sets, the
+//!   instance pool;
+//! - [`tensorfile`]: the `.npy` / `.npz` / `.safetensors` formats, one file each;
+//! - [`planner`] (crate `packrat-planner`): profiles, the knapsack DP, CPU topology, plan
+//!   tables — no libtorch;
+//! - [`spool`] (crate `packrat-spool`): the on-disk protocol — claim by rename, recovery,
+//!   atomic outputs, failure records, the client side — no libtorch.
 
-pub mod bench;
-pub mod builtins;
-pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod daemon;
-pub mod demo;
-pub mod instances;
-pub mod model;
-pub mod planner;
-pub mod queue;
-pub mod sdnotify;
-pub mod spool;
-pub mod status;
+pub mod engine;
+pub mod profiler;
+pub mod runtime;
 pub mod tensorfile;
+
+pub use packrat_planner as planner;
+pub use packrat_spool as spool;
 
 /// The libtorch version this binary was built against (from its `build-version` file).
 pub const LIBTORCH_VERSION: &str = env!("PACKRAT_LIBTORCH_VERSION");

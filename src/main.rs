@@ -1,3 +1,3 @@
 fn main() {
-    std::process::exit(packrat::cli::main());
+    std::process::exit(packrat::commands::main());
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use packrat::cli::{submit_one, wait_for};
-use packrat::model::{builtin_inputs, Model};
+use packrat::engine::{Builtin, InputSpec, Model, ModelSource};
+use packrat::spool::client::{self, Outcome};
 use packrat::tensorfile::{self, Format};
 use tch::{Kind, Tensor};
 
@@ -21,11 +21,20 @@ struct Agent {
 }
 
 fn config_text(dir: &Path, model: &str, extra: &str) -> String {
+    config_with_source(dir, &format!("builtin:{model}"), extra)
+}
+
+fn config_with_source(dir: &Path, source: &str, extra: &str) -> String {
     format!(
-        "spool = \"{}\"\nstate_dir = \"{}\"\nrescan_interval_ms = 200\n\n[[model]]\nname = \"m\"\nsource = \"builtin:{model}\"\nmax_batch = 8\n{extra}\n",
+        "spool = \"{}\"\nstate_dir = \"{}\"\nrescan_interval_ms = 200\n\n[[model]]\nname = \"m\"\nsource = \"{source}\"\nmax_batch = 8\n{extra}\n",
         dir.join("spool").display(),
         dir.join("state").display()
     )
+}
+
+/// The CPUs this test process may run on (the agent inherits them).
+fn allowed_cpus() -> Vec<usize> {
+    packrat::planner::topology::allowed_cpus().unwrap()
 }
 
 impl Agent {
@@ -97,15 +106,35 @@ impl Agent {
             .unwrap()
     }
 
+    /// The first status (rewritten every second) that satisfies `ok`; panics after 10 s.
+    fn status_when(&self, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let t0 = Instant::now();
+        loop {
+            let st = fs::read_to_string(self.state().join("status.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok());
+            match st {
+                Some(st) if ok(&st) => return st,
+                Some(st) if t0.elapsed() > Duration::from_secs(10) => {
+                    panic!("status never got there: {st}\n{}", self.log())
+                }
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
     /// Writes `tensors` to a job file and submits it; returns the job name.
     fn submit(&self, name: &str, tensors: &[(String, Tensor)]) -> String {
         let path = write_job(&self.dir.path().join(name), tensors);
-        submit_one(&self.model_dir(), &path).unwrap()
+        client::submit(&self.model_dir(), &path).unwrap()
     }
 
     fn wait(&self, name: &str) -> Result<PathBuf, String> {
-        wait_for(&self.model_dir(), name, Duration::from_secs(120))
-            .unwrap_or_else(|e| panic!("{e}: {}", self.log()))
+        match client::wait(&self.model_dir(), name, Duration::from_secs(120)) {
+            Ok(Outcome::Output(p)) => Ok(p),
+            Ok(Outcome::Failed(reason)) => Err(reason),
+            Err(e) => panic!("{e}: {}", self.log()),
+        }
     }
 
     fn stop(&mut self, sig: Signal) -> i32 {
@@ -142,8 +171,12 @@ fn write_job(path: &Path, tensors: &[(String, Tensor)]) -> PathBuf {
     path.to_path_buf()
 }
 
+fn builtin_inputs(model: &str) -> Vec<InputSpec> {
+    Builtin::from_name(model).unwrap().default_inputs()
+}
+
 fn input(model: &str, batch: i64) -> Tensor {
-    let spec = &builtin_inputs(model).unwrap()[0];
+    let spec = &builtin_inputs(model)[0];
     let mut shape = vec![batch];
     shape.extend(&spec.shape);
     Tensor::randn(&shape, (Kind::Float, tch::Device::Cpu))
@@ -152,12 +185,8 @@ fn input(model: &str, batch: i64) -> Tensor {
 /// The same built-in run in this process on one thread: what the agent must reproduce.
 fn reference(model: &str, inputs: &[Tensor]) -> Vec<(String, Tensor)> {
     tch::set_num_threads(1);
-    let m = Model::load(
-        "ref",
-        &format!("builtin:{model}"),
-        builtin_inputs(model).unwrap(),
-    )
-    .unwrap();
+    let b = Builtin::from_name(model).unwrap();
+    let m = Model::load("ref", &ModelSource::Builtin(b), b.default_inputs()).unwrap();
     m.forward(inputs).unwrap()
 }
 
@@ -253,10 +282,8 @@ fn waiting_jobs_are_coalesced_and_split_back_per_job() {
         let got = read(&agent.wait(name).unwrap());
         assert_close(&got[0].1, &reference("tiny_cnn", &[x.shallow_clone()])[0].1);
     }
-    std::thread::sleep(Duration::from_millis(1300));
-    let st = agent.status();
+    let st = agent.status_when(|st| st["models"][0]["jobs_done"] == 6);
     let batches = st["models"][0]["batches"].as_u64().unwrap();
-    assert_eq!(st["models"][0]["jobs_done"], 6);
     // 12 items with max_batch 8: two batches when all six were waiting.
     assert!(
         batches < 6,
@@ -440,9 +467,14 @@ fn task_cpus(pid: Pid) -> Vec<(i32, String, String)> {
 
 #[test]
 fn instances_are_pinned_and_keep_their_own_thread_counts() {
+    let cpus = allowed_cpus();
+    assert!(cpus.len() >= 2, "this test needs two CPUs, has {cpus:?}");
+    let (c0, c1) = (cpus[0], cpus[1]);
     let agent = Agent::start(
         "tiny_cnn",
-        "plan = [{ threads = 1, batch = 1, cores = [1] }, { threads = 1, batch = 1, cores = [0] }]",
+        &format!(
+            "plan = [{{ threads = 1, batch = 1, cores = [{c1}] }}, {{ threads = 1, batch = 1, cores = [{c0}] }}]"
+        ),
     );
     let st = agent.status();
     let insts = st["models"][0]["instances"].as_array().unwrap().clone();
@@ -465,29 +497,33 @@ fn instances_are_pinned_and_keep_their_own_thread_counts() {
             assert_eq!(t.2, core, "thread {} of instance {comm} left its core", t.0);
         }
     }
-    let mut cores: Vec<String> = insts.iter().map(|i| i["cores"][0].to_string()).collect();
+    let mut cores: Vec<u64> = insts
+        .iter()
+        .map(|i| i["cores"][0].as_u64().unwrap())
+        .collect();
     cores.sort();
-    assert_eq!(cores, ["0", "1"]);
+    assert_eq!(cores, [c0 as u64, c1 as u64]);
     drop(agent);
 
-    // Baseline: one instance with both threads; its OpenMP workers stay inside its mask.
+    // Baseline: one instance with every allowed core; its OpenMP workers stay inside its mask.
     let agent = Agent::start("resnet18", "plan = \"baseline\"");
     let st = agent.status();
     let inst = &st["models"][0]["instances"][0];
-    assert_eq!(inst["observed_threads"], 2);
+    assert_eq!(inst["observed_threads"], cpus.len());
+    let mask = packrat::planner::cores_str(&cpus);
     let tasks = task_cpus(agent.pid());
     let (_, comm, cpus) = tasks
         .iter()
         .find(|t| t.0 == inst["tid"].as_i64().unwrap() as i32)
         .unwrap();
-    assert_eq!(cpus, "0-1");
+    assert_eq!(cpus, &mask);
     // Threads started from inside the instance (libgomp workers) inherit its name and its mask.
     let family: Vec<_> = tasks.iter().filter(|t| &t.1 == comm).collect();
     assert!(
         family.len() >= 2,
         "expected OpenMP workers beside the instance thread: {tasks:?}"
     );
-    assert!(family.iter().all(|t| t.2 == "0-1"), "{family:?}");
+    assert!(family.iter().all(|t| t.2 == mask), "{family:?}");
 }
 
 fn npy_header(descr: &str, shape: &str) -> Vec<u8> {
@@ -556,9 +592,7 @@ fn bad_inputs_land_in_failed_with_a_reason_and_the_agent_keeps_serving() {
     expect.push(("dir.npy".into(), "a directory"));
     expect.push(("fifo.npy".into(), "a FIFO"));
     for (name, why) in &expect {
-        let reason = wait_for(&agent.model_dir(), name, Duration::from_secs(60))
-            .unwrap()
-            .unwrap_err();
+        let reason = agent.wait(name).unwrap_err();
         assert!(reason.contains(why), "{name}: '{reason}' lacks '{why}'");
         assert!(
             agent
@@ -597,16 +631,23 @@ fn bad_inputs_land_in_failed_with_a_reason_and_the_agent_keeps_serving() {
 #[test]
 fn a_bad_config_is_refused_with_the_field_and_exit_78() {
     let dir = tempfile::tempdir().unwrap();
+    let tiny = "builtin:tiny_cnn";
     let cases = [
-        ("max_job_bytes = 0", "model[0].max_job_bytes"),
-        ("source = \"builtin:nope\"", "duplicate key"),
-        ("plan = \"fastest\"", "model[0].plan"),
-        ("inptu = [3]", "unknown field"),
-        ("input = [3, 0]", "model[0].input"),
+        (tiny, "max_job_bytes = 0", "model[0].max_job_bytes"),
+        ("builtin:nope", "", "there is no built-in model 'nope'"),
+        ("relative/model.pt", "input = [3]", "model[0].source"),
+        (tiny, "plan = \"fastest\"", "model[0].plan"),
+        (tiny, "inptu = [3]", "unknown field"),
+        (tiny, "input = [3, 0]", "model[0].input"),
+        (
+            tiny,
+            "plan = [{ threads = 1, batch = 1, core = [0] }]",
+            "unknown field `core`",
+        ),
     ];
-    for (extra, want) in cases {
+    for (source, extra, want) in cases {
         let cfg = dir.path().join("bad.toml");
-        fs::write(&cfg, config_text(dir.path(), "tiny_cnn", extra)).unwrap();
+        fs::write(&cfg, config_with_source(dir.path(), source, extra)).unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_packrat"))
             .args(["serve", "--config"])
             .arg(&cfg)
@@ -644,8 +685,7 @@ fn sighup_applies_a_new_plan_and_refuses_a_bad_config_without_dropping_jobs() {
     for n in &names {
         agent.wait(n).unwrap();
     }
-    std::thread::sleep(Duration::from_millis(1300));
-    let st = agent.status();
+    let st = agent.status_when(|st| st["models"][0]["jobs_done"] == 21);
     assert_eq!(st["models"][0]["plan_source"], "config");
     assert_eq!(
         st["models"][0]["last_plan"]["instances"]
@@ -659,9 +699,9 @@ fn sighup_applies_a_new_plan_and_refuses_a_bad_config_without_dropping_jobs() {
     kill(agent.pid(), Signal::SIGHUP).unwrap();
     let n2 = agent.submit("after.npy", &[("input".into(), x.shallow_clone())]);
     agent.wait(&n2).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let st = agent.status_when(|st| st["models"][0]["jobs_done"] == 22);
     assert!(agent.log().contains("reload refused"), "{}", agent.log());
-    assert_eq!(agent.status()["models"][0]["plan_source"], "config");
+    assert_eq!(st["models"][0]["plan_source"], "config");
 }
 
 #[test]
@@ -831,6 +871,6 @@ fn a_reload_never_profiles_while_serving() {
     );
     let name = agent.submit("still.npy", &[("input".into(), input("tiny_cnn", 2))]);
     agent.wait(&name).unwrap();
-    std::thread::sleep(Duration::from_millis(1200));
-    assert_eq!(agent.status()["models"][0]["plan_source"], "baseline");
+    let st = agent.status_when(|st| st["models"][0]["jobs_done"] == 1);
+    assert_eq!(st["models"][0]["plan_source"], "baseline");
 }

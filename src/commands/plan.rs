@@ -1,0 +1,98 @@
+//! `packrat plan`: the plan a profile gives for one batch size (or a sweep of them), with the
+//! baseline and the reference semantics beside it.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::planner::profile::ProfileFile;
+use crate::planner::topology::Topology;
+use crate::planner::{cores_str, dp, plan_from};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    profile: PathBuf,
+    #[arg(long)]
+    cores: usize,
+    #[arg(long)]
+    batch: usize,
+    #[arg(long)]
+    json: bool,
+    /// Print a table for every batch 1..=BATCH, with the baseline and the reference DP.
+    #[arg(long)]
+    sweep: bool,
+}
+
+pub fn run(args: &Args) -> Result<i32> {
+    let (cores, batch) = (args.cores, args.batch);
+    let pf = ProfileFile::load(&args.profile)?;
+    let curve = pf
+        .curve()
+        .with_context(|| format!("profile {}", args.profile.display()))?;
+    if cores == 0 || batch == 0 {
+        bail!("--cores and --batch must be >= 1");
+    }
+    if cores > pf.cores.max(curve.max_threads()) {
+        bail!(
+            "the profile was measured on {} cores; plan for --cores {} or fewer",
+            pf.cores,
+            pf.cores
+        );
+    }
+    let topo = Topology::flat(cores);
+    let t0 = Instant::now();
+    let sol = dp::solve(&curve, cores, batch);
+    let solve_ms = t0.elapsed().as_secs_f64() * 1e3;
+    if args.sweep {
+        println!(
+            "{:>5}  {:>10}  {:>10}  {:>10}  {:>7}  {:>7}  plan",
+            "batch", "planned", "baseline", "reference", "vs base", "vs ref"
+        );
+        for b in 1..=batch {
+            let p = plan_from(&sol, &curve, &topo, b)?;
+            let pred = p.predicted_latency_ms.unwrap_or(f64::NAN);
+            let reference = dp::reference(&curve, cores, b).map(|r| r.0);
+            let f = |x: Option<f64>| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
+            let r = |x: Option<f64>| {
+                x.map(|v| format!("{:.2}x", v / pred))
+                    .unwrap_or_else(|| "-".into())
+            };
+            println!(
+                "{b:>5}  {:>10.2}  {:>10}  {:>10}  {:>7}  {:>7}  {}",
+                pred,
+                f(p.baseline_latency_ms),
+                f(reference),
+                r(p.baseline_latency_ms),
+                r(reference),
+                p.summary()
+            );
+        }
+        return Ok(0);
+    }
+    let p = plan_from(&sol, &curve, &topo, batch)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+        return Ok(0);
+    }
+    println!(
+        "model {} ({} cores profiled), batch {batch} on {cores} cores — solved in {solve_ms:.2} ms",
+        pf.model, pf.cores
+    );
+    for (i, inst) in p.instances.iter().enumerate() {
+        println!(
+            "  instance {i}: {:>2} threads, {:>4} items, cores {}",
+            inst.threads,
+            inst.batch,
+            cores_str(&inst.cores)
+        );
+    }
+    let pred = p.predicted_latency_ms.unwrap_or(f64::NAN);
+    println!("  predicted latency: {pred:.2} ms");
+    match p.baseline_latency_ms {
+        Some(b) => println!("  baseline ⟨1, {cores}, {batch}⟩: {b:.2} ms  → predicted speedup {:.2}x", b / pred),
+        None => println!("  baseline ⟨1, {cores}, {batch}⟩: not in the profile ({cores} threads were not measured)"),
+    }
+    Ok(0)
+}

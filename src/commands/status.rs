@@ -1,0 +1,82 @@
+//! `packrat status`: what a running agent's status file says, for people or (`--json`) scripts.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use crate::config::{defaults, Config};
+use crate::daemon::status::Status;
+use crate::planner::cores_str;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, conflicts_with = "config")]
+    state_dir: Option<PathBuf>,
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: &Args) -> Result<i32> {
+    let dir = match (&args.state_dir, &args.config) {
+        (Some(d), _) => d.clone(),
+        (None, Some(c)) => Config::load(c)?.state_dir,
+        (None, None) => Config::load(Path::new("/etc/packrat/packrat.toml"))
+            .map(|c| c.state_dir)
+            .unwrap_or_else(|_| PathBuf::from(defaults::STATE_DIR)),
+    };
+    let st = Status::read(&dir)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+        return Ok(0);
+    }
+    println!(
+        "packrat pid {} — {} (updated {}, config {})",
+        st.pid, st.state, st.updated, st.config
+    );
+    let ms = |x: Option<f64>| {
+        x.map(|v| format!("{v:.1} ms"))
+            .unwrap_or_else(|| "-".into())
+    };
+    for m in &st.models {
+        println!("\nmodel {} ({}) spool {}", m.name, m.source, m.spool);
+        println!(
+            "  jobs: {} done, {} failed, {} queued; {} batches; latency p50 {} p99 {}",
+            m.jobs_done,
+            m.jobs_failed,
+            m.queue_depth,
+            m.batches,
+            ms(m.latency_p50_ms),
+            ms(m.latency_p99_ms)
+        );
+        println!(
+            "  plan ({:?}) at max_batch {}: {}  predicted {}",
+            m.plan_source,
+            m.max_batch,
+            m.plan_max_batch.summary(),
+            ms(m.plan_max_batch.predicted_latency_ms)
+        );
+        if let Some(p) = &m.last_plan {
+            println!(
+                "  last batch ({}): {}  predicted {}",
+                p.batch,
+                p.summary(),
+                ms(p.predicted_latency_ms)
+            );
+        }
+        if let Some(e) = m.prediction_error_pct {
+            println!("  measured vs predicted batch latency: {e:+.1}% (median of recent batches)");
+        }
+        for i in &m.instances {
+            println!(
+                "  instance tid {:>7}: {} threads on cores {} (libtorch sees {})",
+                i.tid,
+                i.threads,
+                cores_str(&i.cores),
+                i.observed_threads
+            );
+        }
+    }
+    Ok(0)
+}

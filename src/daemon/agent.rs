@@ -1,0 +1,207 @@
+//! The agent: the configured models' runtimes, started in order (load → plan → warm up →
+//! recover), plus what the event loop asks of them — scan, reload, status, stop.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+
+use super::sdnotify::Notifier;
+use super::status::{AgentState, Status};
+use crate::config::{Config, PlanChoice};
+use crate::engine::Model;
+use crate::planner::topology::Topology;
+use crate::planner::PlanTable;
+use crate::runtime::plans::{build_plans, log_plans, Profiling};
+use crate::runtime::ModelRuntime;
+use crate::spool::{Folder, Spool};
+
+pub struct Agent {
+    pub config: Config,
+    topo: Topology,
+    pub notifier: Notifier,
+    pub models: Vec<Arc<ModelRuntime>>,
+    dispatchers: Vec<JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Loads, plans, warms up and recovers every model, then starts their dispatchers.
+    pub fn start(config: Config, notifier: Notifier) -> Result<Agent> {
+        let topo = config.topology()?;
+        log::info!("using {} cores: {:?}", topo.len(), topo.ordered());
+        let mut models = Vec::new();
+        for mc in &config.models {
+            notifier.status(&format!("loading model {}", mc.name));
+            let t0 = Instant::now();
+            let model = Arc::new(
+                Model::load(&mc.name, &mc.source, mc.inputs.clone())
+                    .with_context(|| format!("model '{}'", mc.name))?,
+            );
+            log::info!(
+                "model {}: loaded {} in {:.1} s",
+                mc.name,
+                mc.source,
+                t0.elapsed().as_secs_f64()
+            );
+            let spool = Spool::open(config.spool.join(&mc.name), config.keep_inputs)?;
+            spool.clean_tmp(Duration::from_secs(config.tmp_max_age_s));
+            let table = Self::plan(&config, &topo, &notifier, mc, &model, Profiling::Allowed)?;
+            let rt = Arc::new(ModelRuntime::new(mc.clone(), model, spool, table));
+            notifier.status(&format!("warming up model {}", mc.name));
+            rt.warm_up()?;
+            let recovered = rt.recover()?;
+            if recovered > 0 {
+                log::info!(
+                    "model {}: {recovered} job(s) left in processing/ run again",
+                    mc.name
+                );
+            }
+            models.push(rt);
+        }
+        let dispatchers = models
+            .iter()
+            .map(|rt| rt.spawn_dispatcher())
+            .collect::<Result<_, _>>()?;
+        Ok(Agent {
+            config,
+            topo,
+            notifier,
+            models,
+            dispatchers,
+        })
+    }
+
+    /// A model's plan table; profiling progress goes to the journal and to systemd.
+    fn plan(
+        config: &Config,
+        topo: &Topology,
+        notifier: &Notifier,
+        mc: &crate::config::ModelConfig,
+        model: &Arc<Model>,
+        profiling: Profiling,
+    ) -> Result<PlanTable> {
+        if mc.plan == PlanChoice::Auto && profiling == Profiling::Allowed {
+            // Profiling may take the whole budget: tell systemd to wait for it.
+            notifier.send(&format!(
+                "EXTEND_TIMEOUT_USEC={}",
+                ((mc.profile_budget_s * 2.0 + 60.0) * 1e6) as u64
+            ));
+        }
+        let mut last_log = Instant::now() - Duration::from_secs(10);
+        let mut progress = |done: usize, total: usize, eta: Duration, what: &str| {
+            if last_log.elapsed() >= Duration::from_secs(2) || done == total {
+                last_log = Instant::now();
+                let msg = format!(
+                    "profiling {}: point {done}/{total} {what}, ~{:.0}s left",
+                    mc.name,
+                    eta.as_secs_f64()
+                );
+                log::info!("{msg}");
+                notifier.status(&msg);
+            }
+        };
+        let table = build_plans(mc, model, topo, &config.state_dir, profiling, &mut progress)?;
+        log_plans(&mc.name, &table);
+        Ok(table)
+    }
+
+    /// The incoming/ folders to watch.
+    pub fn incoming_dirs(&self) -> Vec<std::path::PathBuf> {
+        self.models
+            .iter()
+            .map(|rt| rt.spool.dir(Folder::Incoming))
+            .collect()
+    }
+
+    /// Claims what waits in every model's incoming/.
+    pub fn scan(&self) {
+        for rt in &self.models {
+            rt.claim_waiting();
+        }
+    }
+
+    pub fn clean_tmp(&self) {
+        for rt in &self.models {
+            rt.spool
+                .clean_tmp(Duration::from_secs(self.config.tmp_max_age_s));
+        }
+    }
+
+    pub fn write_status(&self, state: AgentState) {
+        let status = Status {
+            pid: std::process::id(),
+            state,
+            updated: crate::spool::time::rfc3339(SystemTime::now()),
+            config: self.config.path.display().to_string(),
+            models: self.models.iter().map(|m| m.status()).collect(),
+        };
+        if let Err(e) = status.write(&self.config.state_dir) {
+            log::warn!("cannot write the status file: {e:#}");
+        }
+    }
+
+    /// SIGHUP: re-read the config; re-plan models whose plan settings changed (or that plan
+    /// automatically: their cached profile may be newer). A refused config changes nothing.
+    pub fn reload(&mut self) {
+        let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
+            .unwrap_or(0);
+        self.notifier
+            .send(&format!("RELOADING=1\nMONOTONIC_USEC={mono}"));
+        log::info!("SIGHUP received: reloading {}", self.config.path.display());
+        let new = match Config::load(&self.config.path) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("reload refused, keeping the running config: {e}");
+                self.notifier.send(
+                    "READY=1\nSTATUS=reload refused: bad config (see the journal); old config kept",
+                );
+                return;
+            }
+        };
+        for mc in &new.models {
+            let Some(rt) = self.models.iter().find(|m| m.cfg.name == mc.name) else {
+                log::warn!("reload: new model '{}' is not started by a reload: restart the agent to add it", mc.name);
+                continue;
+            };
+            if rt.cfg.source != mc.source
+                || rt.cfg.inputs != mc.inputs
+                || rt.cfg.max_batch != mc.max_batch
+            {
+                log::warn!("reload: model '{}' changed its source, inputs or max_batch: restart the agent to apply that", mc.name);
+                continue;
+            }
+            match Self::plan(
+                &new,
+                &self.topo,
+                &self.notifier,
+                mc,
+                rt.model(),
+                Profiling::CachedOnly,
+            ) {
+                Ok(table) => rt.set_plans(table),
+                Err(e) => log::error!("reload: model '{}' keeps its plan: {e:#}", mc.name),
+            }
+        }
+        for rt in &self.models {
+            if !new.models.iter().any(|m| m.name == rt.cfg.name) {
+                log::warn!("reload: model '{}' was removed from the config: restart the agent to stop serving it", rt.cfg.name);
+            }
+        }
+        self.notifier.send(&format!(
+            "READY=1\nSTATUS=serving {} model(s) (reloaded)",
+            self.models.len()
+        ));
+    }
+
+    /// Stops every dispatcher once its queue is drained, and waits for them.
+    pub fn drain(&mut self) {
+        for rt in &self.models {
+            rt.stop();
+        }
+        for d in self.dispatchers.drain(..) {
+            let _ = d.join();
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Instances: pinned OS threads that each run the shared model with their own intra-op thread
+//! count on their own share of a batch.
+//!
+//! Order inside a new thread matters (DESIGN §2): pin first so libgomp's workers inherit the
+//! mask, then `get_num_threads()` (dodges the "last value any thread set" trap), then
+//! `set_num_threads(t)` once. A thread is never re-pinned; a new layout gets new threads.
+
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sched::{sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
+use tch::Tensor;
+
+use super::{concat_outputs, Model, Outputs};
+
+/// What one instance is: how many intra-op threads and which cores.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct InstanceSpec {
+    pub threads: usize,
+    pub cores: Vec<usize>,
+}
+
+/// What an instance thread reports about itself once it has set up (for status and tests).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct InstanceInfo {
+    pub tid: i32,
+    pub threads: usize,
+    pub cores: Vec<usize>,
+    /// `tch::get_num_threads()` as seen from inside the instance thread after set-up.
+    pub observed_threads: i32,
+}
+
+struct Task {
+    inputs: Vec<Tensor>,
+    reply: mpsc::Sender<(usize, Result<Outputs>)>,
+    slot: usize,
+}
+
+struct Worker {
+    tx: Option<mpsc::Sender<Task>>,
+    handle: Option<JoinHandle<()>>,
+    info: InstanceInfo,
+}
+
+/// A set of instance threads for one layout (a list of `InstanceSpec`), sharing one model.
+pub struct InstanceSet {
+    pub layout: Vec<InstanceSpec>,
+    workers: Vec<Worker>,
+}
+
+fn pin_and_set_threads(spec: &InstanceSpec) -> Result<()> {
+    let mut set = CpuSet::new();
+    for &c in &spec.cores {
+        set.set(c)
+            .with_context(|| format!("core {c} is beyond what this kernel supports"))?;
+    }
+    sched_setaffinity(Pid::from_raw(0), &set).with_context(|| {
+        format!(
+            "cannot pin an instance to cores {:?}: are they online and in the agent's CPU mask (systemd CPUAffinity=, taskset)?",
+            spec.cores
+        )
+    })?;
+    let _ = tch::get_num_threads();
+    tch::set_num_threads(spec.threads as i32);
+    Ok(())
+}
+
+impl InstanceSet {
+    /// Starts one pinned thread per instance; returns once all are set up (or the first error).
+    pub fn start(model: Arc<Model>, layout: Vec<InstanceSpec>, label: &str) -> Result<InstanceSet> {
+        let mut workers = Vec::with_capacity(layout.len());
+        for (i, spec) in layout.iter().enumerate() {
+            let (tx, rx) = mpsc::channel::<Task>();
+            let (ready_tx, ready_rx) = mpsc::channel::<Result<InstanceInfo, String>>();
+            let model = model.clone();
+            let spec2 = spec.clone();
+            // Thread names show in /proc/<pid>/task/*/comm (15 bytes max).
+            let name: String = format!("pr-{label}-{i}").chars().take(15).collect();
+            let handle = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || {
+                    if let Err(e) = pin_and_set_threads(&spec2) {
+                        let _ = ready_tx.send(Err(format!("{e:#}")));
+                        return;
+                    }
+                    let info = InstanceInfo {
+                        tid: nix::unistd::gettid().as_raw(),
+                        threads: spec2.threads,
+                        cores: spec2.cores.clone(),
+                        observed_threads: tch::get_num_threads(),
+                    };
+                    let _ = ready_tx.send(Ok(info));
+                    while let Ok(task) = rx.recv() {
+                        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            model.forward(&task.inputs)
+                        }))
+                        .unwrap_or_else(|_| {
+                            Err(anyhow!("the model panicked in an instance thread"))
+                        });
+                        let _ = task.reply.send((task.slot, res));
+                    }
+                })
+                .context("cannot spawn an instance thread")?;
+            let info = ready_rx
+                .recv()
+                .map_err(|_| anyhow!("instance thread {i} died during set-up"))?
+                .map_err(|e| anyhow!(e))?;
+            workers.push(Worker {
+                tx: Some(tx),
+                handle: Some(handle),
+                info,
+            });
+        }
+        Ok(InstanceSet { layout, workers })
+    }
+
+    pub fn infos(&self) -> Vec<InstanceInfo> {
+        self.workers.iter().map(|w| w.info.clone()).collect()
+    }
+
+    /// Sends each instance its slice of the batch (`shares[i]` items, in order; zero shares are
+    /// skipped) and returns the outputs concatenated in order.
+    pub fn run(&self, inputs: &[Tensor], shares: &[usize]) -> Result<Outputs> {
+        if shares.len() != self.workers.len() {
+            bail!(
+                "plan has {} shares for {} instances",
+                shares.len(),
+                self.workers.len()
+            );
+        }
+        let (reply_tx, reply_rx) = mpsc::channel();
+        let mut offset = 0i64;
+        let mut sent = 0;
+        for (slot, (&n, w)) in shares.iter().zip(&self.workers).enumerate() {
+            if n == 0 {
+                continue;
+            }
+            let part: Vec<Tensor> = inputs
+                .iter()
+                .map(|t| t.narrow(0, offset, n as i64))
+                .collect();
+            offset += n as i64;
+            let tx =
+                w.tx.as_ref()
+                    .ok_or_else(|| anyhow!("instance {slot} is shut down"))?;
+            tx.send(Task {
+                inputs: part,
+                reply: reply_tx.clone(),
+                slot,
+            })
+            .map_err(|_| anyhow!("instance {slot} has exited"))?;
+            sent += 1;
+        }
+        drop(reply_tx);
+        let mut parts: Vec<Option<Outputs>> = (0..shares.len()).map(|_| None).collect();
+        let mut first_err = None;
+        for _ in 0..sent {
+            let (slot, res) = reply_rx
+                .recv()
+                .map_err(|_| anyhow!("an instance thread died mid-batch"))?;
+            match res {
+                Ok(o) => parts[slot] = Some(o),
+                Err(e) => first_err = first_err.or(Some(e)),
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        let parts: Vec<Outputs> = parts.into_iter().flatten().collect();
+        concat_outputs(parts)
+    }
+}
+
+impl Drop for InstanceSet {
+    fn drop(&mut self) {
+        for w in &mut self.workers {
+            w.tx.take();
+        }
+        for w in &mut self.workers {
+            if let Some(h) = w.handle.take() {
+                let _ = h.join();
+            }
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! A loaded model: one `CModule` (a TorchScript file or a traced built-in), the inputs a job must
+//! match, and one forward pass. A `CModule` is `Send + Sync`, so every instance thread shares
+//! the same weights (DESIGN §2).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use tch::{CModule, IValue, Kind, Tensor};
+
+use super::{Builtin, InputSpec, Outputs};
+use crate::tensorfile::{kind_name, Named};
+
+/// Where a model comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    Builtin(Builtin),
+    TorchScript(PathBuf),
+}
+
+impl std::fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelSource::Builtin(b) => write!(f, "builtin:{}", b.name()),
+            ModelSource::TorchScript(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// Why a job's tensors do not fit the model's declared inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MismatchKind {
+    /// Missing, extra, or disagreeing named inputs.
+    Input,
+    Dtype,
+    Shape,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct InputMismatch {
+    pub kind: MismatchKind,
+    pub message: String,
+}
+
+fn mismatch(kind: MismatchKind, message: String) -> InputMismatch {
+    InputMismatch { kind, message }
+}
+
+/// A loaded model: the shared module and what its jobs must look like.
+pub struct Model {
+    pub name: String,
+    pub inputs: Vec<InputSpec>,
+    module: CModule,
+}
+
+impl Model {
+    pub fn load(name: &str, source: &ModelSource, inputs: Vec<InputSpec>) -> Result<Model> {
+        let mut module = match source {
+            ModelSource::Builtin(b) => b.build(&inputs)?,
+            ModelSource::TorchScript(path) => CModule::load(path).with_context(|| {
+                format!("cannot load TorchScript file '{}': save it with torch.jit.save(torch.jit.script(model) or torch.jit.trace(...), path)", path.display())
+            })?,
+        };
+        module.set_eval();
+        Ok(Model {
+            name: name.to_string(),
+            inputs,
+            module,
+        })
+    }
+
+    /// One forward pass on already-batched inputs (in declared order). Returns named outputs:
+    /// `output` for a single tensor, `output_0..` for a tuple or list, the keys for a dict.
+    pub fn forward(&self, inputs: &[Tensor]) -> Result<Outputs> {
+        let args: Vec<IValue> = inputs
+            .iter()
+            .map(|t| IValue::Tensor(t.shallow_clone()))
+            .collect();
+        let out = tch::no_grad(|| self.module.forward_is(&args))
+            .context("the model's forward pass failed")?;
+        flatten_output(out)
+    }
+
+    /// Checks a job's tensors against the declared inputs and returns them in declared order
+    /// with the job's batch size.
+    pub fn match_inputs(&self, mut given: Vec<Named>) -> Result<(Vec<Tensor>, i64), InputMismatch> {
+        let mut ordered = Vec::with_capacity(self.inputs.len());
+        if self.inputs.len() == 1 && given.len() == 1 {
+            ordered.push((self.inputs[0].clone(), given.remove(0).tensor));
+        } else {
+            for spec in &self.inputs {
+                let pos = given.iter().position(|n| n.name == spec.name).ok_or_else(|| {
+                    let names: Vec<&str> = given.iter().map(|n| n.name.as_str()).collect();
+                    mismatch(
+                        MismatchKind::Input,
+                        format!(
+                            "input '{}' is missing (the file holds {names:?}); model '{}' takes {:?}",
+                            spec.name,
+                            self.name,
+                            self.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>()
+                        ),
+                    )
+                })?;
+                ordered.push((spec.clone(), given.remove(pos).tensor));
+            }
+            if let Some(extra) = given.first() {
+                return Err(mismatch(
+                    MismatchKind::Input,
+                    format!("the file holds an unexpected tensor '{}'", extra.name),
+                ));
+            }
+        }
+        let mut batch = None;
+        let mut tensors = Vec::with_capacity(ordered.len());
+        for (spec, t) in ordered {
+            if t.kind() != spec.dtype {
+                return Err(mismatch(
+                    MismatchKind::Dtype,
+                    format!(
+                        "input '{}' has dtype {}, model '{}' takes {}: convert it (e.g. x.astype(np.{}))",
+                        spec.name,
+                        kind_name(t.kind()),
+                        self.name,
+                        kind_name(spec.dtype),
+                        kind_name(spec.dtype)
+                    ),
+                ));
+            }
+            let size = t.size();
+            if size.len() != spec.shape.len() + 1 || size[1..] != spec.shape[..] || size[0] < 1 {
+                return Err(mismatch(
+                    MismatchKind::Shape,
+                    format!(
+                        "input '{}' has shape {size:?}, model '{}' takes [B, {}] with B >= 1 (batch is dimension 0)",
+                        spec.name,
+                        self.name,
+                        spec.shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+            match batch {
+                None => batch = Some(size[0]),
+                Some(b) if b != size[0] => {
+                    return Err(mismatch(
+                        MismatchKind::Input,
+                        format!(
+                            "inputs disagree on the batch size ({b} vs {} for '{}')",
+                            size[0], spec.name
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+            tensors.push(t);
+        }
+        Ok((tensors, batch.unwrap_or(0)))
+    }
+
+    /// Random inputs of `batch` items, for warm-up and profiling.
+    pub fn example_inputs(&self, batch: i64) -> Vec<Tensor> {
+        self.inputs
+            .iter()
+            .map(|i| {
+                let mut s = vec![batch];
+                s.extend(&i.shape);
+                match i.dtype {
+                    Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16 => {
+                        Tensor::randn(&s, (i.dtype, tch::Device::Cpu))
+                    }
+                    _ => i.zeros(batch),
+                }
+            })
+            .collect()
+    }
+}
+
+fn flatten_output(v: IValue) -> Result<Outputs> {
+    let list = match v {
+        IValue::Tensor(t) => return Ok(vec![("output".into(), t)]),
+        IValue::Tuple(items) | IValue::GenericList(items) => items,
+        IValue::TensorList(ts) => ts.into_iter().map(IValue::Tensor).collect(),
+        IValue::GenericDict(kv) => {
+            return kv
+                .into_iter()
+                .map(|(k, v)| match (k, v) {
+                    (IValue::String(k), IValue::Tensor(t)) => Ok((k, t)),
+                    _ => bail!("the model returned a dict that is not str -> Tensor"),
+                })
+                .collect()
+        }
+        other => bail!("the model returned {other:?}; packrat serves models that return tensors"),
+    };
+    list.into_iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            IValue::Tensor(t) => Ok((format!("output_{i}"), t)),
+            _ => bail!("output {i} of the model is not a tensor"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builtin(b: Builtin) -> Model {
+        Model::load(b.name(), &ModelSource::Builtin(b), b.default_inputs()).unwrap()
+    }
+
+    #[test]
+    fn tuple_list_and_dict_outputs_get_documented_names() {
+        let t = || Tensor::zeros([2, 3], (Kind::Float, tch::Device::Cpu));
+        let names = |v: IValue| {
+            flatten_output(v)
+                .unwrap()
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(IValue::Tensor(t())), ["output"]);
+        assert_eq!(
+            names(IValue::Tuple(vec![
+                IValue::Tensor(t()),
+                IValue::Tensor(t())
+            ])),
+            ["output_0", "output_1"]
+        );
+        assert_eq!(
+            names(IValue::TensorList(vec![t(), t(), t()])),
+            ["output_0", "output_1", "output_2"]
+        );
+        let dict =
+            IValue::GenericDict(vec![(IValue::String("logits".into()), IValue::Tensor(t()))]);
+        assert_eq!(names(dict), ["logits"]);
+        assert!(flatten_output(IValue::Int(3)).is_err());
+    }
+
+    #[test]
+    fn every_builtin_serves_batch_sizes_other_than_the_traced_one() {
+        for b in Builtin::ALL {
+            let m = builtin(b);
+            for n in [1, 3] {
+                let out = m
+                    .forward(&m.example_inputs(n))
+                    .unwrap_or_else(|e| panic!("{} at batch {n}: {e:#}", b.name()));
+                assert_eq!(out[0].1.size()[0], n, "{}", b.name());
+            }
+        }
+    }
+
+    #[test]
+    fn builtins_have_the_same_weights_in_every_load() {
+        // Other tests draw from libtorch's process-wide RNG while this one loads; a thread that
+        // keeps drawing makes that certain instead of occasional.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let rng_user = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = Tensor::randn([64], (Kind::Float, tch::Device::Cpu));
+                }
+            })
+        };
+        let a = builtin(Builtin::TinyCnn);
+        tch::manual_seed(12345);
+        let b = builtin(Builtin::TinyCnn);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        rng_user.join().unwrap();
+        let x = a.example_inputs(2);
+        assert!(a.forward(&x).unwrap()[0]
+            .1
+            .equal(&b.forward(&x).unwrap()[0].1));
+    }
+
+    #[test]
+    fn job_tensors_are_matched_by_name_dtype_and_shape() {
+        let m = builtin(Builtin::TwoHeads);
+        let named = |n: &str, t: Tensor| Named {
+            name: n.into(),
+            tensor: t,
+        };
+        let f = |s: &[i64]| Tensor::zeros(s, (Kind::Float, tch::Device::Cpu));
+        let (ts, b) = m
+            .match_inputs(vec![named("b", f(&[3, 8])), named("a", f(&[3, 16]))])
+            .unwrap();
+        assert_eq!((ts[0].size(), b), (vec![3, 16], 3));
+        let kind = |given| m.match_inputs(given).unwrap_err().kind;
+        assert_eq!(kind(vec![named("a", f(&[3, 16]))]), MismatchKind::Input);
+        assert_eq!(
+            kind(vec![named("a", f(&[3, 16])), named("b", f(&[2, 8]))]),
+            MismatchKind::Input
+        );
+        assert_eq!(
+            kind(vec![named("a", f(&[3, 15])), named("b", f(&[3, 8]))]),
+            MismatchKind::Shape
+        );
+        let ints = Tensor::zeros([3, 8], (Kind::Int64, tch::Device::Cpu));
+        assert_eq!(
+            kind(vec![named("a", f(&[3, 16])), named("b", ints)]),
+            MismatchKind::Dtype
+        );
+    }
+}

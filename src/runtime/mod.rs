@@ -1,0 +1,249 @@
+//! The runtime of one model: everything between the spool and the engine. It claims waiting
+//! jobs into its [`queue`], its [`dispatcher`] thread runs them in batches with the plan for
+//! their size ([`plans`]) on warm instance sets from the engine's pool, and it counts what
+//! happened ([`stats`]).
+//!
+//! Reconfiguring (a new plan table) swaps an `Arc` between batches: jobs stay queued, the batch
+//! in flight finishes on the old instances, so nothing is dropped.
+
+mod dispatcher;
+pub mod plans;
+pub mod queue;
+pub mod stats;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use crate::config::ModelConfig;
+use crate::engine::{InstanceInfo, InstancePool, Model, Outputs};
+use crate::planner::{Plan, PlanSource, PlanTable};
+use crate::spool::{Claim, Job, JobError, Spool};
+use plans::{layout, PlanState};
+use queue::JobQueue;
+use stats::{Drift, Stats};
+
+/// How many instance sets (layouts) a model keeps warm at once.
+const MAX_SETS: usize = 8;
+
+/// A model's state as `packrat status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelStatus {
+    pub name: String,
+    pub source: String,
+    pub spool: String,
+    pub plan_source: PlanSource,
+    pub max_batch: usize,
+    /// The plan for max_batch, and the one used by the last batch.
+    pub plan_max_batch: Plan,
+    pub last_plan: Option<Plan>,
+    pub instances: Vec<InstanceInfo>,
+    pub queue_depth: usize,
+    pub jobs_done: u64,
+    pub jobs_failed: u64,
+    pub batches: u64,
+    /// Sum of every batch's forward time, in ms (divide by `batches` for the mean).
+    pub batch_ms_sum: f64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    /// Median (measured − predicted) / predicted of the last 50 planned batches, in %.
+    pub prediction_error_pct: Option<f64>,
+}
+
+pub struct ModelRuntime {
+    pub cfg: ModelConfig,
+    pub spool: Spool,
+    plans: PlanState,
+    pool: InstancePool,
+    queue: JobQueue,
+    stats: Mutex<Stats>,
+    drift: Mutex<Drift>,
+}
+
+impl ModelRuntime {
+    pub fn new(
+        cfg: ModelConfig,
+        model: Arc<Model>,
+        spool: Spool,
+        table: PlanTable,
+    ) -> ModelRuntime {
+        let pool = InstancePool::new(model, &cfg.name, MAX_SETS);
+        ModelRuntime {
+            cfg,
+            spool,
+            plans: PlanState::new(table),
+            pool,
+            queue: JobQueue::default(),
+            stats: Mutex::new(Stats::default()),
+            drift: Mutex::new(Drift::default()),
+        }
+    }
+
+    pub fn model(&self) -> &Arc<Model> {
+        self.pool.model()
+    }
+
+    fn stats(&self) -> MutexGuard<'_, Stats> {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn plan_table(&self) -> Arc<PlanTable> {
+        self.plans.table()
+    }
+
+    /// Switches to a new plan table; instance sets it no longer uses are dropped (their threads
+    /// exit once the batch in flight, if any, is done with them).
+    pub fn set_plans(&self, table: PlanTable) {
+        self.plans.set(table);
+        self.pool.retain(&self.plans.layouts());
+    }
+
+    /// Starts the instance sets of the most useful plans (max_batch first) and runs each once,
+    /// so the first real jobs do not pay for thread start-up and oneDNN primitive creation.
+    pub fn warm_up(&self) -> Result<()> {
+        let table = self.plans.table();
+        for l in self.plans.layouts().into_iter().take(MAX_SETS) {
+            let plan = table
+                .plans
+                .iter()
+                .rev()
+                .find(|p| layout(p) == l)
+                .context("a layout without a plan")?;
+            let set = self.pool.get(&l)?;
+            set.run(
+                &self.model().example_inputs(plan.batch as i64),
+                &plan.shares(),
+            )
+            .with_context(|| format!("warm-up of model '{}' failed", self.cfg.name))?;
+        }
+        Ok(())
+    }
+
+    /// Claims everything waiting in incoming/ into the queue.
+    pub fn claim_waiting(&self) {
+        let mut jobs = Vec::new();
+        for name in self.spool.scan() {
+            match self.spool.claim(&name) {
+                Ok(Claim::Job(job)) => jobs.push(job),
+                Ok(Claim::Refused(name, err)) => {
+                    log::warn!(
+                        "model {}: job {name} refused: {err} ({})",
+                        self.cfg.name,
+                        err.kind
+                    );
+                    self.stats().failed += 1;
+                }
+                Ok(Claim::Gone) => {}
+                Err(e) => log::error!("model {}: {e:#}", self.cfg.name),
+            }
+        }
+        self.queue.push(jobs);
+    }
+
+    /// Start-up recovery: jobs left in processing/ by an earlier run are queued again.
+    pub fn recover(&self) -> Result<usize> {
+        let jobs = self.spool.recover()?;
+        let n = jobs.len();
+        self.queue.push(jobs);
+        Ok(n)
+    }
+
+    /// Runs `inputs` (a batch of `items` ≤ max_batch) with the plan for its size, and records
+    /// its latency against the plan's prediction.
+    pub fn run_batch(&self, inputs: &[Tensor], items: usize) -> Result<Outputs> {
+        let plan = self.plans.for_batch(items);
+        let set = self.pool.get(&layout(&plan))?;
+        let t0 = Instant::now();
+        let out = set.run(inputs, &plan.shares())?;
+        let took = t0.elapsed();
+        log::debug!(
+            "model {}: batch of {items} ran in {:.2} ms ({})",
+            self.cfg.name,
+            took.as_secs_f64() * 1e3,
+            plan.summary()
+        );
+        self.stats().record_batch(took);
+        let mut drift = self.drift.lock().unwrap_or_else(|p| p.into_inner());
+        drift.record(took, plan.predicted_latency_ms);
+        if let Some(err) = drift.warning_due() {
+            log::warn!(
+                "model {}: batches run {err:+.0}% off the profile's prediction (median of the last {}): has the host changed? Re-profile with `packrat profile --force`, then `systemctl reload packrat`",
+                self.cfg.name,
+                stats::DRIFT_WINDOW
+            );
+        }
+        Ok(out)
+    }
+
+    fn fail(&self, job: &Job, err: &JobError) {
+        log::warn!(
+            "model {}: job {} failed: {} ({})",
+            self.cfg.name,
+            job.name,
+            err.message,
+            err.kind
+        );
+        if let Err(e) = self.spool.fail(job, err) {
+            log::error!(
+                "model {}: cannot move {} to failed/: {e:#}",
+                self.cfg.name,
+                job.name
+            );
+        }
+        self.stats().failed += 1;
+    }
+
+    /// Starts the dispatcher thread; it runs until [`ModelRuntime::stop`] and an empty queue.
+    pub fn spawn_dispatcher(self: &Arc<Self>) -> std::io::Result<JoinHandle<()>> {
+        let rt = self.clone();
+        std::thread::Builder::new()
+            .name(
+                format!("dispatch-{}", rt.cfg.name)
+                    .chars()
+                    .take(15)
+                    .collect(),
+            )
+            .spawn(move || dispatcher::run(&rt))
+    }
+
+    /// Asks the dispatcher to finish what is queued, then exit.
+    pub fn stop(&self) {
+        self.queue.stop();
+    }
+
+    /// Live instance threads (tids, cores, thread counts), most recently used set first.
+    pub fn instance_infos(&self) -> Vec<InstanceInfo> {
+        self.pool.infos()
+    }
+
+    pub fn status(&self) -> ModelStatus {
+        let table = self.plans.table();
+        let stats = self.stats();
+        ModelStatus {
+            name: self.cfg.name.clone(),
+            source: self.cfg.source.to_string(),
+            spool: self.spool.root.display().to_string(),
+            plan_source: table.source,
+            max_batch: table.max_batch(),
+            plan_max_batch: table.for_batch(table.max_batch()).clone(),
+            last_plan: self.plans.last(),
+            instances: self.instance_infos(),
+            queue_depth: self.queue.len(),
+            jobs_done: stats.done,
+            jobs_failed: stats.failed,
+            batches: stats.batches,
+            batch_ms_sum: stats.batch_ms_sum,
+            latency_p50_ms: stats.percentile(50.0),
+            latency_p99_ms: stats.percentile(99.0),
+            prediction_error_pct: self
+                .drift
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .recent_error_pct(),
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! What a model's runtime counts: jobs and batches, recent job latencies, and how far measured
+//! batch latencies drift from the plan's predictions.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::planner::stats::percentile;
+
+/// How many recent values the windows keep.
+const WINDOW: usize = 1024;
+/// Batches over which measured latency is compared with the plan's prediction.
+pub const DRIFT_WINDOW: usize = 50;
+/// Past this median error the journal gets a warning.
+const DRIFT_WARN_PCT: f64 = 25.0;
+/// At most one drift warning per this long.
+const DRIFT_WARN_EVERY: Duration = Duration::from_secs(600);
+
+fn push_bounded(v: &mut VecDeque<f64>, x: f64) {
+    if v.len() == WINDOW {
+        v.pop_front();
+    }
+    v.push_back(x);
+}
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub done: u64,
+    pub failed: u64,
+    pub batches: u64,
+    /// Sum of every batch's forward time (with `batches`, a Prometheus-style summary).
+    pub batch_ms_sum: f64,
+    latencies_ms: VecDeque<f64>,
+}
+
+impl Stats {
+    pub fn record_batch(&mut self, took: Duration) {
+        self.batches += 1;
+        self.batch_ms_sum += took.as_secs_f64() * 1e3;
+    }
+
+    pub fn record_done(&mut self, latency: Duration) {
+        self.done += 1;
+        push_bounded(&mut self.latencies_ms, latency.as_secs_f64() * 1e3);
+    }
+
+    /// The p-th percentile of recent job latencies, in ms.
+    pub fn percentile(&self, p: f64) -> Option<f64> {
+        percentile(self.latencies_ms.iter().copied().collect(), p)
+    }
+}
+
+/// Measured against predicted batch latency, and when to warn about it.
+#[derive(Debug, Default)]
+pub struct Drift {
+    /// (measured − predicted) / predicted of recent batches, in %.
+    errors_pct: VecDeque<f64>,
+    warned: Option<Instant>,
+}
+
+impl Drift {
+    pub fn record(&mut self, measured: Duration, predicted_ms: Option<f64>) {
+        if let Some(p) = predicted_ms.filter(|p| *p > 0.0) {
+            push_bounded(
+                &mut self.errors_pct,
+                (measured.as_secs_f64() * 1e3 - p) / p * 100.0,
+            );
+        }
+    }
+
+    /// Median error over the last `n` planned batches (None until there are `n`).
+    pub fn error_pct(&self, n: usize) -> Option<f64> {
+        let k = self.errors_pct.len();
+        (k >= n && n > 0)
+            .then(|| percentile(self.errors_pct.iter().skip(k - n).copied().collect(), 50.0))
+            .flatten()
+    }
+
+    /// Median error over the recent window or whatever there is of it.
+    pub fn recent_error_pct(&self) -> Option<f64> {
+        self.error_pct(DRIFT_WINDOW.min(self.errors_pct.len()))
+    }
+
+    /// The error worth a warning now: over the threshold, and not warned about recently.
+    pub fn warning_due(&mut self) -> Option<f64> {
+        let err = self.error_pct(DRIFT_WINDOW)?;
+        let due = err.abs() > DRIFT_WARN_PCT
+            && self.warned.is_none_or(|t| t.elapsed() > DRIFT_WARN_EVERY);
+        due.then(|| {
+            self.warned = Some(Instant::now());
+            err
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drift_warns_once_past_the_threshold() {
+        let mut d = Drift::default();
+        for _ in 0..DRIFT_WINDOW - 1 {
+            d.record(Duration::from_millis(20), Some(10.0));
+        }
+        assert_eq!(d.warning_due(), None, "not a full window yet");
+        d.record(Duration::from_millis(20), None);
+        assert_eq!(d.warning_due(), None, "unplanned batches do not count");
+        d.record(Duration::from_millis(20), Some(10.0));
+        assert_eq!(d.warning_due(), Some(100.0));
+        assert_eq!(d.warning_due(), None, "rate-limited");
+        assert_eq!(d.recent_error_pct(), Some(100.0));
+    }
+
+    #[test]
+    fn job_latency_percentiles_cover_recent_jobs() {
+        let mut s = Stats::default();
+        for ms in 1..=100 {
+            s.record_done(Duration::from_millis(ms));
+        }
+        assert_eq!(s.done, 100);
+        assert_eq!(s.percentile(50.0), Some(50.0));
+    }
+}

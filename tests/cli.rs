@@ -1,0 +1,62 @@
+//! The commands that need no agent: `plan` on a vendored profile of the Packrat authors.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn profile(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/planner/tests/data")
+        .join(name)
+}
+
+fn packrat(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_packrat"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn plan_json_prints_the_plan_and_refuses_more_cores_than_profiled() {
+    let p = profile("resnet_cloudlab16.json");
+    let p = p.to_str().unwrap();
+    let out = packrat(&[
+        "plan",
+        "--profile",
+        p,
+        "--cores",
+        "16",
+        "--batch",
+        "32",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["batch"], 32);
+    assert_eq!(v["cores"], 16);
+    let items: u64 = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["batch"].as_u64().unwrap())
+        .sum();
+    assert_eq!(items, 32);
+    let bad = packrat(&["plan", "--profile", p, "--cores", "17", "--batch", "4"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("or fewer"));
+    let sweep = packrat(&[
+        "plan",
+        "--profile",
+        p,
+        "--cores",
+        "16",
+        "--batch",
+        "4",
+        "--sweep",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&sweep.stdout).lines().count(), 5);
+}
