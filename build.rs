@@ -1,5 +1,7 @@
-//! Bakes libtorch's directory into the binary's rpath so it runs without LD_LIBRARY_PATH
-//! (torch-sys exports it to dependants as DEP_TCH_LIBTORCH_LIB), and records its version.
+//! Bakes the engines' library locations into the binary so it runs without LD_LIBRARY_PATH:
+//! libtorch's directory as an rpath (torch-sys exports it to dependants as DEP_TCH_LIBTORCH_LIB)
+//! with its version, and the ONNX Runtime library `ort` loads at run time
+//! (`PACKRAT_ORT_LIB` at build time, else the checkout's `.onnxruntime/`).
 fn main() {
     if let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
@@ -10,6 +12,12 @@ fn main() {
     } else {
         println!("cargo:rustc-env=PACKRAT_LIBTORCH_VERSION=unknown");
     }
+    let ort = std::env::var("PACKRAT_ORT_LIB").unwrap_or_else(|_| {
+        let top = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+        format!("{top}/.onnxruntime/lib/libonnxruntime.so.1")
+    });
+    println!("cargo:rustc-env=PACKRAT_ORT_LIB={ort}");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-env-changed=PACKRAT_ORT_LIB");
 }

@@ -13,7 +13,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use packrat::daemon::status::Status;
-use packrat::engine::{Builtin, Model, ModelSource};
+use packrat::engine::{Builtin, Model, ModelSource, Precision};
 use packrat::planner::stats::percentile;
 use packrat::tensorfile::{self, Format};
 use tch::{Kind, Tensor};
@@ -100,8 +100,13 @@ fn job_ms(model_dir: &Path, job: &Path, k: usize) -> f64 {
 fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let b18 = Builtin::Resnet18;
-    let model =
-        Model::load("r", &ModelSource::Builtin(b18), b18.default_inputs()).expect("load resnet18");
+    let model = Model::load(
+        "r",
+        &ModelSource::Builtin(b18),
+        b18.default_inputs(),
+        Precision::F32,
+    )
+    .expect("load resnet18");
     let agent = start(dir.path(), "\"baseline\"");
     let state = dir.path().join("state");
     let mut batches_so_far = 0;

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The README's test command. On a fresh machine it sets up everything first: CPU libtorch
-# (from PyPI wheels), a venv with numpy for the Python-client test; then format, lint, tests.
+# The README's test command. On a fresh machine it sets up everything first: CPU libtorch and
+# ONNX Runtime (from PyPI wheels), a venv with numpy and onnx for the Python-client and engine
+# tests; then format, lint, tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./packaging/setup-libtorch.sh
-if ! .venv/bin/python -c 'import numpy' 2>/dev/null; then
+./packaging/setup-onnxruntime.sh
+if ! .venv/bin/python -c 'import numpy, onnx' 2>/dev/null; then
     python3 -m venv .venv
-    .venv/bin/pip install --quiet numpy
+    .venv/bin/pip install --quiet numpy onnx
 fi
 export PACKRAT_TEST_PYTHON="$PWD/.venv/bin/python"
 cargo fmt --all -- --check

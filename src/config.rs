@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::engine::{Builtin, InputSpec, ModelSource};
+use crate::engine::{Builtin, EngineKind, InputSpec, Model, ModelSource, Precision};
 use crate::planner::topology::{self, parse_cpu_list, Topology};
 use crate::planner::FixedInstance;
 use crate::tensorfile::kind_from_name;
@@ -80,6 +80,8 @@ struct RawConfig {
 struct RawModel {
     name: String,
     source: String,
+    engine: Option<String>,
+    precision: Option<String>,
     input: Option<Vec<i64>>,
     dtype: Option<String>,
     inputs: Option<Vec<RawInput>>,
@@ -124,6 +126,7 @@ pub enum PlanChoice {
 pub struct ModelConfig {
     pub name: String,
     pub source: ModelSource,
+    pub precision: Precision,
     pub inputs: Vec<InputSpec>,
     pub max_batch: usize,
     pub max_job_bytes: u64,
@@ -142,6 +145,18 @@ pub struct Config {
     pub tmp_max_age_s: u64,
     pub keep_inputs: bool,
     pub models: Vec<ModelConfig>,
+}
+
+impl ModelConfig {
+    /// Loads the model on its engine.
+    pub fn load(&self) -> anyhow::Result<Model> {
+        Model::load(
+            &self.name,
+            &self.source,
+            self.inputs.clone(),
+            self.precision,
+        )
+    }
 }
 
 impl Config {
@@ -273,7 +288,8 @@ fn model(i: usize, m: RawModel, cores: Option<&[usize]>) -> Result<ModelConfig, 
             "use letters, digits, '-', '_' or '.', e.g. name = \"resnet18\"",
         );
     }
-    let source = source(&f("source"), &m.source)?;
+    let source = source(&f, &m.source, m.engine.as_deref())?;
+    let precision = precision(&f("precision"), m.precision.as_deref(), source.engine())?;
     let inputs = inputs(&f, &m, &source)?;
     if let ModelSource::Builtin(b) = &source {
         if let Err(need) = b.check_inputs(&inputs) {
@@ -316,6 +332,7 @@ fn model(i: usize, m: RawModel, cores: Option<&[usize]>) -> Result<ModelConfig, 
     Ok(ModelConfig {
         name: m.name,
         source,
+        precision,
         inputs,
         max_batch: m.max_batch,
         max_job_bytes: m.max_job_bytes,
@@ -324,36 +341,99 @@ fn model(i: usize, m: RawModel, cores: Option<&[usize]>) -> Result<ModelConfig, 
     })
 }
 
-fn source(field: &str, s: &str) -> Result<ModelSource, Refusal> {
-    if let Some(name) = s.strip_prefix("builtin:") {
-        return match Builtin::from_name(name) {
-            Some(b) => Ok(ModelSource::Builtin(b)),
-            None => {
-                let known: Vec<&str> = Builtin::ALL.iter().map(|b| b.name()).collect();
+/// The model source; `engine` (when given) decides how a file is read, else its extension
+/// does (`.onnx` runs on ONNX Runtime, anything else is TorchScript on libtorch).
+fn source(
+    f: &dyn Fn(&str) -> String,
+    s: &str,
+    engine: Option<&str>,
+) -> Result<ModelSource, Refusal> {
+    let engine = match engine {
+        None => None,
+        Some(e) => Some(EngineKind::from_name(e).map_or_else(
+            || {
                 refuse(
-                    field,
-                    format!("there is no built-in model '{name}'"),
-                    format!("use one of builtin:{}", known.join(", builtin:")),
+                    f("engine"),
+                    format!("there is no engine '{e}'"),
+                    "write engine = \"libtorch\" or engine = \"onnxruntime\" (or leave it out: the source decides)",
                 )
-            }
+            },
+            Ok,
+        )?),
+    };
+    if let Some(name) = s.strip_prefix("builtin:") {
+        let Some(b) = Builtin::from_name(name) else {
+            let known: Vec<&str> = Builtin::ALL.iter().map(|b| b.name()).collect();
+            return refuse(
+                f("source"),
+                format!("there is no built-in model '{name}'"),
+                format!("use one of builtin:{}", known.join(", builtin:")),
+            );
         };
+        if engine.is_some_and(|e| e != EngineKind::Libtorch) {
+            return refuse(
+                f("engine"),
+                "built-in models run on libtorch",
+                "leave engine out, or export the model to ONNX and point source at the .onnx file",
+            );
+        }
+        return Ok(ModelSource::Builtin(b));
     }
     let path = Path::new(s);
     if !path.is_absolute() {
         return refuse(
-            field,
+            f("source"),
             format!("'{s}' is neither builtin:NAME nor an absolute path"),
-            "write source = \"builtin:resnet18\" or source = \"/srv/models/model.pt\"",
+            "write source = \"builtin:resnet18\", \"/srv/models/model.pt\" or \"/srv/models/model.onnx\"",
         );
     }
+    let onnx_ext = path.extension().is_some_and(|e| e == "onnx");
+    let engine = engine.unwrap_or(if onnx_ext {
+        EngineKind::OnnxRuntime
+    } else {
+        EngineKind::Libtorch
+    });
     if !path.is_file() {
         return refuse(
-            field,
-            format!("TorchScript file '{s}' does not exist"),
-            "check the path, or export the model with torch.jit.save",
+            f("source"),
+            format!("model file '{s}' does not exist"),
+            "check the path; export the model with torch.jit.save (libtorch) or torch.onnx.export (onnxruntime)",
         );
     }
-    Ok(ModelSource::TorchScript(path.to_path_buf()))
+    Ok(match engine {
+        EngineKind::Libtorch => ModelSource::TorchScript(path.to_path_buf()),
+        EngineKind::OnnxRuntime => ModelSource::Onnx(path.to_path_buf()),
+    })
+}
+
+fn precision(field: &str, p: Option<&str>, engine: EngineKind) -> Result<Precision, Refusal> {
+    let precision = match p {
+        None | Some("f32") => Precision::F32,
+        Some("bf16") => Precision::Bf16,
+        Some(other) => {
+            return refuse(
+                field,
+                format!("there is no precision '{other}'"),
+                "write precision = \"f32\" (the default) or precision = \"bf16\"",
+            )
+        }
+    };
+    if precision == Precision::Bf16 && !engine.has_bf16() {
+        let with: Vec<&str> = EngineKind::ALL
+            .iter()
+            .filter(|e| e.has_bf16())
+            .map(|e| e.name())
+            .collect();
+        return refuse(
+            field,
+            format!("engine {} has no bf16 path on CPU", engine.name()),
+            format!(
+                "use precision = \"f32\", or an engine with bf16: {}",
+                with.join(", ")
+            ),
+        );
+    }
+    Ok(precision)
 }
 
 fn dtype(field: String, d: Option<&str>) -> Result<tch::Kind, Refusal> {
@@ -415,9 +495,9 @@ fn inputs(
             .collect(),
         (None, None) => match source {
             ModelSource::Builtin(b) => Ok(b.default_inputs()),
-            ModelSource::TorchScript(_) => refuse(
+            ModelSource::TorchScript(_) | ModelSource::Onnx(_) => refuse(
                 f("input"),
-                "a TorchScript model needs its input shape",
+                "a model file needs its input shape",
                 "write input = [3, 224, 224] (one item, without the batch dimension)",
             ),
         },
@@ -510,6 +590,9 @@ mod tests {
             ("source = \"builtin:nope\"", "model[0].source", "no built-in"),
             ("source = \"rel.pt\"\ninput = [1]", "model[0].source", "absolute"),
             ("source = \"/no/such.pt\"\ninput = [1]", "model[0].source", "does not exist"),
+            ("source = \"builtin:tiny_cnn\"\nengine = \"tensorrt\"", "model[0].engine", "no engine"),
+            ("source = \"builtin:tiny_cnn\"\nengine = \"onnxruntime\"", "model[0].engine", "libtorch"),
+            ("source = \"builtin:tiny_cnn\"\nprecision = \"fp8\"", "model[0].precision", "no precision"),
             ("source = \"builtin:tiny_cnn\"\nmax_batch = 0", "model[0].max_batch", "out of range"),
             ("source = \"builtin:tiny_cnn\"\ninput = [3, 0, 4]", "model[0].input", "< 1"),
             ("source = \"builtin:tiny_cnn\"\ndtype = \"f128\"\ninput = [3, 8, 8]", "model[0].dtype", "unknown dtype"),
@@ -548,6 +631,39 @@ mod tests {
         for (text, field) in cases {
             assert_eq!(parse(&text).unwrap_err().0, field, "{text}");
         }
+    }
+
+    #[test]
+    fn the_source_picks_the_engine_and_bf16_is_refused_where_there_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let onnx = dir.path().join("m.onnx");
+        let other = dir.path().join("m.bin");
+        std::fs::write(&onnx, b"").unwrap();
+        std::fs::write(&other, b"").unwrap();
+        let model = |src: &std::path::Path, extra: &str| {
+            parse(&with_model(&format!(
+                "source = \"{}\"\ninput = [4]\n{extra}",
+                src.display()
+            )))
+        };
+        let m = model(&onnx, "").unwrap();
+        assert_eq!(m.models[0].source, ModelSource::Onnx(onnx.clone()));
+        assert_eq!(
+            model(&other, "").unwrap().models[0].source,
+            ModelSource::TorchScript(other.clone())
+        );
+        assert_eq!(
+            model(&other, "engine = \"onnxruntime\"").unwrap().models[0].source,
+            ModelSource::Onnx(other.clone())
+        );
+        let (field, problem) = model(&onnx, "precision = \"bf16\"").unwrap_err();
+        assert_eq!(field, "model[0].precision");
+        assert!(problem.contains("onnxruntime has no bf16"), "{problem}");
+        let bf16 = parse(&with_model(
+            "source = \"builtin:tiny_cnn\"\nprecision = \"bf16\"",
+        ))
+        .unwrap();
+        assert_eq!(bf16.models[0].precision, Precision::Bf16);
     }
 
     #[test]

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::engine::{InputSpec, InstancePool, InstanceSet, InstanceSpec, Model, ModelSource};
+use crate::engine::{
+    EngineKind, InputSpec, InstancePool, InstanceSet, InstanceSpec, Model, ModelSource, Precision,
+};
 use crate::planner::profile::{targets, Point, ProfileFile, ProfileKey};
 use crate::planner::stats::median_precision;
 use crate::planner::topology::Topology;
@@ -80,10 +82,19 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// What a profile is of: a model as served (its source, inputs and batch limit).
+/// The version of an engine's library.
+pub fn engine_version(engine: EngineKind) -> &'static str {
+    match engine {
+        EngineKind::Libtorch => crate::LIBTORCH_VERSION,
+        EngineKind::OnnxRuntime => crate::engine::ONNXRUNTIME_VERSION,
+    }
+}
+
+/// What a profile is of: a model as served (its source, precision, inputs and batch limit).
 pub struct Subject<'a> {
     pub name: &'a str,
     pub source: &'a ModelSource,
+    pub precision: Precision,
     pub inputs: &'a [InputSpec],
     pub max_batch: usize,
 }
@@ -92,7 +103,7 @@ pub struct Subject<'a> {
 pub fn profile_key(subject: &Subject, topo: &Topology) -> Result<ProfileKey> {
     let model_hash = match subject.source {
         ModelSource::Builtin(_) => subject.source.to_string(),
-        ModelSource::TorchScript(path) => {
+        ModelSource::TorchScript(path) | ModelSource::Onnx(path) => {
             let bytes = std::fs::read(path)
                 .with_context(|| format!("cannot read {} to hash it", path.display()))?;
             format!("fnv1a64:{:016x}", fnv1a(&bytes, 0xcbf2_9ce4_8422_2325))
@@ -104,7 +115,12 @@ pub fn profile_key(subject: &Subject, topo: &Topology) -> Result<ProfileKey> {
         input: format!("{:?}", subject.inputs),
         cpu_model: cpu_model(),
         cores: topo.ordered(),
-        libtorch: crate::LIBTORCH_VERSION.to_string(),
+        engine: format!(
+            "{} {} {}",
+            subject.source.engine().name(),
+            engine_version(subject.source.engine()),
+            subject.precision.name()
+        ),
         packrat: env!("CARGO_PKG_VERSION").to_string(),
         max_batch: subject.max_batch,
     })
@@ -277,7 +293,12 @@ pub fn measure(
         cores,
         machine: Some(cpu_model()),
         source: Some(format!("packrat {} targeted co-located profiling", env!("CARGO_PKG_VERSION"))),
-        framework: Some(format!("libtorch {}", crate::LIBTORCH_VERSION)),
+        framework: Some(format!(
+            "{} {} {}",
+            model.engine.name(),
+            engine_version(model.engine),
+            model.precision.name()
+        )),
         units: Some(
             "latency_ms: median wall time of one batch when floor(cores/threads) instances of (threads, batch) run at once on disjoint cores"
                 .into(),
@@ -325,11 +346,12 @@ mod tests {
         let subject = |max_batch| Subject {
             name: "tiny",
             source: &source,
+            precision: Precision::F32,
             inputs: &inputs,
             max_batch,
         };
         let topo = Topology::flat(1);
-        let model = Arc::new(Model::load("tiny", &source, inputs.clone()).unwrap());
+        let model = Arc::new(Model::load("tiny", &source, inputs.clone(), Precision::F32).unwrap());
         let dir = tempfile::tempdir().unwrap();
         let budget = Duration::from_secs(5);
         let mut quiet = |_: usize, _: usize, _: Duration, _: &str| {};

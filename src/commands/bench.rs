@@ -98,7 +98,7 @@ pub fn run(args: &Args) -> Result<i32> {
     mc.max_batch = mc.max_batch.max(max_b);
     tch::set_num_interop_threads(1);
     let topo = cfg.topology()?;
-    let model = Arc::new(Model::load(&mc.name, &mc.source, mc.inputs.clone())?);
+    let model = Arc::new(mc.load()?);
     let mut progress = |done: usize, total: usize, _: std::time::Duration, what: &str| {
         log::info!("profiling {}: point {done}/{total} {what}", mc.name);
     };

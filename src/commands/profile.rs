@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::config::Config;
-use crate::engine::Model;
 use crate::planner::profile::ProfileFile;
 use crate::profiler;
 use crate::runtime::plans::profile_key;
@@ -33,7 +32,7 @@ pub fn run(args: &Args) -> Result<i32> {
         .with_context(|| format!("no model '{}' in {}", args.model, args.config.display()))?;
     tch::set_num_interop_threads(1);
     let topo = cfg.topology()?;
-    let model = Arc::new(Model::load(&mc.name, &mc.source, mc.inputs.clone())?);
+    let model = Arc::new(mc.load()?);
     let key = profile_key(mc, &topo)?;
     let path = profiler::profile_path(&cfg.state_dir, &mc.name);
     if !args.force {

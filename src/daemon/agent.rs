@@ -5,17 +5,25 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::sdnotify::Notifier;
 use super::status::{AgentState, Status};
-use crate::config::{Config, PlanChoice};
-use crate::engine::Model;
+use crate::config::{Config, ConfigError, PlanChoice};
+use crate::engine::{EngineKind, Model};
 use crate::planner::topology::Topology;
 use crate::planner::PlanTable;
 use crate::runtime::plans::{build_plans, log_plans, Profiling};
 use crate::runtime::ModelRuntime;
 use crate::spool::{Folder, Spool};
+
+/// What to do when a configured model does not load.
+fn load_fix(engine: EngineKind) -> &'static str {
+    match engine {
+        EngineKind::Libtorch => "point source at a TorchScript file (torch.jit.save) or a builtin:NAME",
+        EngineKind::OnnxRuntime => "point source at an ONNX model (torch.onnx.export) whose inputs match the config; if ONNX Runtime itself is missing, run packaging/setup-onnxruntime.sh or set PACKRAT_ONNXRUNTIME=/path/to/libonnxruntime.so.1",
+    }
+}
 
 pub struct Agent {
     pub config: Config,
@@ -31,13 +39,16 @@ impl Agent {
         let topo = config.topology()?;
         log::info!("using {} cores: {:?}", topo.len(), topo.ordered());
         let mut models = Vec::new();
-        for mc in &config.models {
+        for (i, mc) in config.models.iter().enumerate() {
             notifier.status(&format!("loading model {}", mc.name));
             let t0 = Instant::now();
-            let model = Arc::new(
-                Model::load(&mc.name, &mc.source, mc.inputs.clone())
-                    .with_context(|| format!("model '{}'", mc.name))?,
-            );
+            // The config pointed at something the engine cannot run: a config error (exit 78).
+            let model = Arc::new(mc.load().map_err(|e| ConfigError {
+                file: config.path.display().to_string(),
+                field: format!("model[{i}].source"),
+                problem: format!("{e:#}"),
+                fix: load_fix(mc.source.engine()).into(),
+            })?);
             log::info!(
                 "model {}: loaded {} in {:.1} s",
                 mc.name,

@@ -42,11 +42,20 @@ pub fn serve(config_path: &Path) -> i32 {
     };
     match run(config) {
         Ok(()) => 0,
-        Err(e) => {
-            log::error!("{e:#}");
-            eprintln!("packrat: {e:#}");
-            1
-        }
+        Err(e) => match e
+            .chain()
+            .find_map(|c| c.downcast_ref::<crate::config::ConfigError>())
+        {
+            Some(ce) => {
+                eprintln!("packrat: config refused: {ce}");
+                EX_CONFIG
+            }
+            None => {
+                log::error!("{e:#}");
+                eprintln!("packrat: {e:#}");
+                1
+            }
+        },
     }
 }
 

@@ -1,9 +1,9 @@
-//! Instances: pinned OS threads that each run the shared model with their own intra-op thread
-//! count on their own share of a batch.
+//! Instances: pinned OS threads that each run their own session of the model with their own
+//! intra-op thread count on their own share of a batch.
 //!
-//! Order inside a new thread matters (DESIGN §2): pin first so libgomp's workers inherit the
-//! mask, then `get_num_threads()` (dodges the "last value any thread set" trap), then
-//! `set_num_threads(t)` once. A thread is never re-pinned; a new layout gets new threads.
+//! Order inside a new thread matters (DESIGN §2): pin first, so that the engine's worker
+//! threads inherit the mask, then open the session (which sets the thread count once). A
+//! thread is never re-pinned by the runtime; a new layout gets new threads.
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -51,7 +51,7 @@ pub struct InstanceSet {
     workers: Vec<Worker>,
 }
 
-fn pin_and_set_threads(spec: &InstanceSpec) -> Result<()> {
+fn pin(spec: &InstanceSpec) -> Result<()> {
     let mut set = CpuSet::new();
     for &c in &spec.cores {
         set.set(c)
@@ -63,8 +63,6 @@ fn pin_and_set_threads(spec: &InstanceSpec) -> Result<()> {
             spec.cores
         )
     })?;
-    let _ = tch::get_num_threads();
-    tch::set_num_threads(spec.threads as i32);
     Ok(())
 }
 
@@ -82,20 +80,23 @@ impl InstanceSet {
             let handle = std::thread::Builder::new()
                 .name(name)
                 .spawn(move || {
-                    if let Err(e) = pin_and_set_threads(&spec2) {
-                        let _ = ready_tx.send(Err(format!("{e:#}")));
-                        return;
-                    }
+                    let mut session = match pin(&spec2).and_then(|()| model.open(&spec2)) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(format!("{e:#}")));
+                            return;
+                        }
+                    };
                     let info = InstanceInfo {
                         tid: nix::unistd::gettid().as_raw(),
                         threads: spec2.threads,
                         cores: spec2.cores.clone(),
-                        observed_threads: tch::get_num_threads(),
+                        observed_threads: session.observed_threads(),
                     };
                     let _ = ready_tx.send(Ok(info));
                     while let Ok(task) = rx.recv() {
                         let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            model.forward(&task.inputs)
+                            session.run(&task.inputs)
                         }))
                         .unwrap_or_else(|_| {
                             Err(anyhow!("the model panicked in an instance thread"))

@@ -1,7 +1,8 @@
-//! The engine: everything that touches libtorch to run a model. Loading ([`Model`], from a
-//! TorchScript file or a [`Builtin`]), instances ([`InstanceSet`]: pinned threads with their own
-//! intra-op thread counts, sharing one model), and the [`InstancePool`] of warm instance sets
-//! that the runtime, the profiler and the bench all run through.
+//! The engine: everything that runs a model. A [`Model`] (a TorchScript file or a [`Builtin`]
+//! on libtorch, or an `.onnx` file on ONNX Runtime) is a [`Backend`] that opens one [`Session`]
+//! per instance thread; instances ([`InstanceSet`]: pinned threads with their own intra-op
+//! thread counts) run sessions, and the [`InstancePool`] keeps warm instance sets for the
+//! runtime, the profiler and the bench alike.
 //!
 //! It knows nothing of plans, spools or configs: an instance layout is a list of
 //! [`InstanceSpec`]s, a batch split is a list of shares.
@@ -10,7 +11,9 @@ mod builtins;
 mod instances;
 mod model;
 mod nets;
+pub mod onnx;
 mod pool;
+mod torch;
 
 use anyhow::{anyhow, Context, Result};
 use tch::{Kind, Tensor};
@@ -18,10 +21,72 @@ use tch::{Kind, Tensor};
 pub use builtins::Builtin;
 pub use instances::{InstanceInfo, InstanceSet, InstanceSpec};
 pub use model::{InputMismatch, MismatchKind, Model, ModelSource};
+pub use onnx::ONNXRUNTIME_VERSION;
 pub use pool::InstancePool;
 
 /// A forward pass's named outputs, in the model's order.
 pub type Outputs = Vec<(String, Tensor)>;
+
+/// What runs a model: it opens a session for each instance thread.
+pub trait Backend: Send + Sync {
+    /// Called inside an instance thread that was just pinned to `spec.cores`: sets up that
+    /// thread's session with `spec.threads` intra-op threads.
+    fn open(&self, spec: &InstanceSpec) -> Result<Box<dyn Session>>;
+}
+
+/// One instance thread's handle on a model.
+pub trait Session {
+    /// One forward pass on already-batched inputs (in declared order).
+    fn run(&mut self, inputs: &[Tensor]) -> Result<Outputs>;
+    /// The intra-op thread count as the engine reports it from inside the instance thread.
+    fn observed_threads(&self) -> i32;
+}
+
+/// The inference engines packrat drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    Libtorch,
+    OnnxRuntime,
+}
+
+impl EngineKind {
+    pub const ALL: [EngineKind; 2] = [EngineKind::Libtorch, EngineKind::OnnxRuntime];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Libtorch => "libtorch",
+            EngineKind::OnnxRuntime => "onnxruntime",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<EngineKind> {
+        EngineKind::ALL.into_iter().find(|e| e.name() == name)
+    }
+
+    /// Whether the engine has a bfloat16 path.
+    pub fn has_bf16(self) -> bool {
+        self == EngineKind::Libtorch
+    }
+}
+
+/// The arithmetic a model runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    F32,
+    /// bfloat16 weights and activations (AMX / AVX512-BF16 where the CPU has them); inputs and
+    /// outputs stay float32.
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
 
 /// One declared input of a model: a job must supply it with shape `[B] ++ shape`.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,27 +1,38 @@
-//! A loaded model: one `CModule` (a TorchScript file or a traced built-in), the inputs a job must
-//! match, and one forward pass. A `CModule` is `Send + Sync`, so every instance thread shares
-//! the same weights (DESIGN §2).
+//! A loaded model: its [`Backend`] (libtorch or ONNX Runtime), the inputs a job must match,
+//! and how job tensors are matched to them.
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use tch::{CModule, IValue, Kind, Tensor};
+use anyhow::{Context, Result};
+use tch::{CModule, Kind, Tensor};
 
-use super::{Builtin, InputSpec, Outputs};
+use super::onnx::Onnx;
+use super::torch::Torch;
+use super::{Backend, Builtin, EngineKind, InputSpec, InstanceSpec, Outputs, Precision, Session};
 use crate::tensorfile::{kind_name, Named};
 
-/// Where a model comes from.
+/// Where a model comes from; it decides the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
     Builtin(Builtin),
     TorchScript(PathBuf),
+    Onnx(PathBuf),
+}
+
+impl ModelSource {
+    pub fn engine(&self) -> EngineKind {
+        match self {
+            ModelSource::Builtin(_) | ModelSource::TorchScript(_) => EngineKind::Libtorch,
+            ModelSource::Onnx(_) => EngineKind::OnnxRuntime,
+        }
+    }
 }
 
 impl std::fmt::Display for ModelSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ModelSource::Builtin(b) => write!(f, "builtin:{}", b.name()),
-            ModelSource::TorchScript(p) => write!(f, "{}", p.display()),
+            ModelSource::TorchScript(p) | ModelSource::Onnx(p) => write!(f, "{}", p.display()),
         }
     }
 }
@@ -46,39 +57,73 @@ fn mismatch(kind: MismatchKind, message: String) -> InputMismatch {
     InputMismatch { kind, message }
 }
 
-/// A loaded model: the shared module and what its jobs must look like.
+/// A loaded model: its backend and what its jobs must look like.
 pub struct Model {
     pub name: String,
     pub inputs: Vec<InputSpec>,
-    module: CModule,
+    pub engine: EngineKind,
+    pub precision: Precision,
+    backend: Box<dyn Backend>,
+}
+
+/// The first line of a libtorch error: the rest is a C++ backtrace no user needs.
+fn first_line(e: &tch::TchError) -> String {
+    let s = e.to_string();
+    s.lines().next().unwrap_or(&s).trim().to_string()
 }
 
 impl Model {
-    pub fn load(name: &str, source: &ModelSource, inputs: Vec<InputSpec>) -> Result<Model> {
-        let mut module = match source {
-            ModelSource::Builtin(b) => b.build(&inputs)?,
-            ModelSource::TorchScript(path) => CModule::load(path).with_context(|| {
-                format!("cannot load TorchScript file '{}': save it with torch.jit.save(torch.jit.script(model) or torch.jit.trace(...), path)", path.display())
-            })?,
+    pub fn load(
+        name: &str,
+        source: &ModelSource,
+        inputs: Vec<InputSpec>,
+        precision: Precision,
+    ) -> Result<Model> {
+        let backend: Box<dyn Backend> = match source {
+            ModelSource::Builtin(b) => Box::new(Torch::new(b.build(&inputs)?, precision)?),
+            ModelSource::TorchScript(path) => {
+                let module = CModule::load(path).map_err(|e| {
+                    log::debug!("loading {}: {e}", path.display());
+                    anyhow::anyhow!(
+                        "cannot load TorchScript file '{}' ({}): save it with torch.jit.save(torch.jit.script(model) or torch.jit.trace(...), path)",
+                        path.display(),
+                        first_line(&e)
+                    )
+                })?;
+                Box::new(Torch::new(module, precision)?)
+            }
+            ModelSource::Onnx(path) => {
+                anyhow::ensure!(
+                    precision == Precision::F32,
+                    "ONNX Runtime has no bf16 path on CPU"
+                );
+                Box::new(Onnx::load(path, &inputs)?)
+            }
         };
-        module.set_eval();
         Ok(Model {
             name: name.to_string(),
             inputs,
-            module,
+            engine: source.engine(),
+            precision,
+            backend,
         })
     }
 
-    /// One forward pass on already-batched inputs (in declared order). Returns named outputs:
-    /// `output` for a single tensor, `output_0..` for a tuple or list, the keys for a dict.
+    /// Opens a session for the calling thread (see [`Backend::open`]).
+    pub fn open(&self, spec: &InstanceSpec) -> Result<Box<dyn Session>> {
+        self.backend
+            .open(spec)
+            .with_context(|| format!("model '{}': cannot start an instance", self.name))
+    }
+
+    /// One forward pass on the calling thread, on a one-thread session opened for it (tests
+    /// and references; serving runs through instance sets).
     pub fn forward(&self, inputs: &[Tensor]) -> Result<Outputs> {
-        let args: Vec<IValue> = inputs
-            .iter()
-            .map(|t| IValue::Tensor(t.shallow_clone()))
-            .collect();
-        let out = tch::no_grad(|| self.module.forward_is(&args))
-            .context("the model's forward pass failed")?;
-        flatten_output(out)
+        let spec = InstanceSpec {
+            threads: 1,
+            cores: Vec::new(),
+        };
+        self.open(&spec)?.run(inputs)
     }
 
     /// Checks a job's tensors against the declared inputs and returns them in declared order
@@ -174,37 +219,21 @@ impl Model {
     }
 }
 
-fn flatten_output(v: IValue) -> Result<Outputs> {
-    let list = match v {
-        IValue::Tensor(t) => return Ok(vec![("output".into(), t)]),
-        IValue::Tuple(items) | IValue::GenericList(items) => items,
-        IValue::TensorList(ts) => ts.into_iter().map(IValue::Tensor).collect(),
-        IValue::GenericDict(kv) => {
-            return kv
-                .into_iter()
-                .map(|(k, v)| match (k, v) {
-                    (IValue::String(k), IValue::Tensor(t)) => Ok((k, t)),
-                    _ => bail!("the model returned a dict that is not str -> Tensor"),
-                })
-                .collect()
-        }
-        other => bail!("the model returned {other:?}; packrat serves models that return tensors"),
-    };
-    list.into_iter()
-        .enumerate()
-        .map(|(i, v)| match v {
-            IValue::Tensor(t) => Ok((format!("output_{i}"), t)),
-            _ => bail!("output {i} of the model is not a tensor"),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use crate::engine::torch::flatten_output;
+    use tch::IValue;
+
     fn builtin(b: Builtin) -> Model {
-        Model::load(b.name(), &ModelSource::Builtin(b), b.default_inputs()).unwrap()
+        Model::load(
+            b.name(),
+            &ModelSource::Builtin(b),
+            b.default_inputs(),
+            Precision::F32,
+        )
+        .unwrap()
     }
 
     #[test]

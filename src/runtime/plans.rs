@@ -38,6 +38,7 @@ fn subject(cfg: &ModelConfig) -> Subject<'_> {
     Subject {
         name: &cfg.name,
         source: &cfg.source,
+        precision: cfg.precision,
         inputs: &cfg.inputs,
         max_batch: cfg.max_batch,
     }

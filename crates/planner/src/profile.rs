@@ -42,7 +42,8 @@ pub struct ProfileKey {
     pub input: String,
     pub cpu_model: String,
     pub cores: Vec<usize>,
-    pub libtorch: String,
+    /// The engine, its version and the precision (`libtorch 2.13.0+cu130 f32`).
+    pub engine: String,
     pub packrat: String,
     pub max_batch: usize,
 }

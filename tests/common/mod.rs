@@ -1,0 +1,251 @@
+//! What the integration tests share: the real agent binary on a temporary spool, job files,
+//! references, and reading thread placement from /proc.
+#![allow(dead_code)] // each test binary uses its own part of it
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use packrat::engine::{Builtin, InputSpec, Model, ModelSource, Precision};
+use packrat::spool::client::{self, Outcome};
+use packrat::tensorfile::{self, Format};
+use tch::{Kind, Tensor};
+
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub config: PathBuf,
+}
+
+pub fn config_text(dir: &Path, model: &str, extra: &str) -> String {
+    config_with_source(dir, &format!("builtin:{model}"), extra)
+}
+
+pub fn config_with_source(dir: &Path, source: &str, extra: &str) -> String {
+    format!(
+        "spool = \"{}\"\nstate_dir = \"{}\"\nrescan_interval_ms = 200\n\n[[model]]\nname = \"m\"\nsource = \"{source}\"\nmax_batch = 8\n{extra}\n",
+        dir.join("spool").display(),
+        dir.join("state").display()
+    )
+}
+
+/// The CPUs this test process may run on (the agent inherits them).
+pub fn allowed_cpus() -> Vec<usize> {
+    packrat::planner::topology::allowed_cpus().unwrap()
+}
+
+impl Agent {
+    pub fn start(model: &str, extra: &str) -> Agent {
+        Self::start_with(model, extra, &[])
+    }
+
+    pub fn start_with(model: &str, extra: &str, env: &[(&str, &str)]) -> Agent {
+        Self::start_full(&format!("builtin:{model}"), extra, env)
+    }
+
+    /// An agent serving `source` (a `builtin:NAME` or a model file).
+    pub fn start_source(source: &str, extra: &str) -> Agent {
+        Self::start_full(source, extra, &[])
+    }
+
+    fn start_full(source: &str, extra: &str, env: &[(&str, &str)]) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("packrat.toml");
+        fs::write(&config, config_with_source(dir.path(), source, extra)).unwrap();
+        let mut a = Agent {
+            dir,
+            child: None,
+            config,
+        };
+        a.spawn(env);
+        a
+    }
+
+    pub fn spawn(&mut self, env: &[(&str, &str)]) {
+        let _ = fs::remove_file(self.state().join("status.json"));
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_packrat"));
+        cmd.args(["serve", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::from(log));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().unwrap());
+        let t0 = Instant::now();
+        while !self.state().join("status.json").exists() {
+            if let Some(code) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("agent exited at start ({code}): {}", self.log());
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "agent not ready: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().unwrap().id() as i32)
+    }
+
+    pub fn model_dir(&self) -> PathBuf {
+        self.dir.path().join("spool/m")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&fs::read_to_string(self.state().join("status.json")).unwrap())
+            .unwrap()
+    }
+
+    /// The first status (rewritten every second) that satisfies `ok`; panics after 10 s.
+    pub fn status_when(&self, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let t0 = Instant::now();
+        loop {
+            let st = fs::read_to_string(self.state().join("status.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok());
+            match st {
+                Some(st) if ok(&st) => return st,
+                Some(st) if t0.elapsed() > Duration::from_secs(10) => {
+                    panic!("status never got there: {st}\n{}", self.log())
+                }
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Writes `tensors` to a job file and submits it; returns the job name.
+    pub fn submit(&self, name: &str, tensors: &[(String, Tensor)]) -> String {
+        let path = write_job(&self.dir.path().join(name), tensors);
+        client::submit(&self.model_dir(), &path).unwrap()
+    }
+
+    pub fn wait(&self, name: &str) -> Result<PathBuf, String> {
+        match client::wait(&self.model_dir(), name, Duration::from_secs(120)) {
+            Ok(Outcome::Output(p)) => Ok(p),
+            Ok(Outcome::Failed(reason)) => Err(reason),
+            Err(e) => panic!("{e}: {}", self.log()),
+        }
+    }
+
+    pub fn stop(&mut self, sig: Signal) -> i32 {
+        let mut child = self.child.take().unwrap();
+        kill(Pid::from_raw(child.id() as i32), sig).unwrap();
+        child.wait().unwrap().code().unwrap_or(-1)
+    }
+
+    pub fn files(&self, sub: &str) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.model_dir().join(sub))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Writes a job file in the format its extension names; returns its path.
+pub fn write_job(path: &Path, tensors: &[(String, Tensor)]) -> PathBuf {
+    let fmt = Format::from_path(path).unwrap();
+    tensorfile::write(&mut fs::File::create(path).unwrap(), fmt, tensors).unwrap();
+    path.to_path_buf()
+}
+
+pub fn builtin_inputs(model: &str) -> Vec<InputSpec> {
+    Builtin::from_name(model).unwrap().default_inputs()
+}
+
+pub fn input(model: &str, batch: i64) -> Tensor {
+    let spec = &builtin_inputs(model)[0];
+    let mut shape = vec![batch];
+    shape.extend(&spec.shape);
+    Tensor::randn(&shape, (Kind::Float, tch::Device::Cpu))
+}
+
+/// The same built-in run in this process on one thread: what the agent must reproduce.
+pub fn reference(model: &str, inputs: &[Tensor]) -> Vec<(String, Tensor)> {
+    tch::set_num_threads(1);
+    let b = Builtin::from_name(model).unwrap();
+    let m = Model::load(
+        "ref",
+        &ModelSource::Builtin(b),
+        b.default_inputs(),
+        Precision::F32,
+    )
+    .unwrap();
+    m.forward(inputs).unwrap()
+}
+
+pub fn read(path: &Path) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> =
+        tensorfile::read(path, Format::from_path(path).unwrap(), 1 << 30)
+            .unwrap()
+            .into_iter()
+            .map(|n| (n.name, n.tensor))
+            .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+pub fn assert_close(a: &Tensor, b: &Tensor) {
+    assert_eq!(a.size(), b.size());
+    assert!(
+        a.allclose(b, 1e-4, 1e-4, false),
+        "max diff {}",
+        (a - b).abs().max().double_value(&[])
+    );
+}
+
+pub fn task_cpus(pid: Pid) -> Vec<(i32, String, String)> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .map(|t| {
+            let tid: i32 = t.file_name().to_string_lossy().parse().unwrap();
+            let comm = fs::read_to_string(t.path().join("comm"))
+                .unwrap()
+                .trim()
+                .to_string();
+            let status = fs::read_to_string(t.path().join("status")).unwrap();
+            let cpus = status
+                .lines()
+                .find(|l| l.starts_with("Cpus_allowed_list:"))
+                .unwrap()
+                .split(':')
+                .nth(1)
+                .unwrap()
+                .trim()
+                .to_string();
+            (tid, comm, cpus)
+        })
+        .collect()
+}

@@ -1,0 +1,205 @@
+//! The engines behind the same agent: ONNX Runtime models (generated at test set-up with the
+//! `onnx` package, references from onnx's own ReferenceEvaluator) in every job format and batch
+//! size, several inputs and outputs, broken or missing models and runtimes, and where ONNX
+//! Runtime's threads run.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use tch::Tensor;
+
+/// Generates the test models into a temp dir with the test venv's Python.
+fn models() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let python = std::env::var("PACKRAT_TEST_PYTHON").unwrap_or_else(|_| ".venv/bin/python".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/make_onnx.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(dir.path())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{python}: {e} (run ./packaging/test.sh, which makes the venv)")
+        });
+    assert!(
+        out.status.success(),
+        "make_onnx.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+fn load(path: &Path) -> Vec<(String, Tensor)> {
+    read(path)
+}
+
+fn onnx_agent(models: &Path, file: &str, extra: &str) -> Agent {
+    Agent::start_source(&models.join(file).display().to_string(), extra)
+}
+
+#[test]
+fn an_onnx_model_serves_every_format_and_batch_size_like_the_reference() {
+    let m = models();
+    let agent = onnx_agent(
+        m.path(),
+        "cnn.onnx",
+        "input = [3, 8, 8]\nplan = \"baseline\"",
+    );
+    for n in [1, 3, 8] {
+        let x = load(&m.path().join(format!("cnn_x{n}.npy"))).remove(0).1;
+        let want = load(&m.path().join(format!("cnn_y{n}.npy"))).remove(0).1;
+        for ext in ["npy", "npz", "safetensors"] {
+            let name = agent.submit(&format!("x{n}.{ext}"), &[("x".into(), x.shallow_clone())]);
+            let got = read(&agent.wait(&name).unwrap());
+            assert_eq!(got.len(), 1, "{name}");
+            if ext != "npy" {
+                assert_eq!(got[0].0, "y", "outputs keep the model's names");
+            }
+            assert_close(&got[0].1, &want);
+        }
+    }
+    agent.status_when(|st| st["models"][0]["jobs_done"] == 9);
+}
+
+#[test]
+fn several_inputs_and_outputs_go_by_name() {
+    let m = models();
+    let agent = onnx_agent(
+        m.path(),
+        "two.onnx",
+        "inputs = [{ name = \"b\", shape = [8] }, { name = \"a\", shape = [16] }]\nplan = \"baseline\"",
+    );
+    let inputs = load(&m.path().join("two_in.npz"));
+    let name = agent.submit("pair.npz", &inputs);
+    let got = read(&agent.wait(&name).unwrap());
+    let want = load(&m.path().join("two_out.npz"));
+    assert_eq!(
+        got.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["pa", "y"]
+    );
+    for ((_, g), (_, w)) in got.iter().zip(&want) {
+        assert_close(g, w);
+    }
+    // A job missing an input fails with a reason; the agent keeps serving.
+    let name = agent.submit("half.npz", &inputs[..1]);
+    assert!(agent.wait(&name).unwrap_err().contains("missing"));
+}
+
+fn serve_exit(config: &Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_packrat"));
+    cmd.args(["serve", "--config"]).arg(config);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn models_and_runtimes_that_cannot_load_are_config_errors() {
+    let m = models();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    let source = |f: &str| m.path().join(f).display().to_string();
+    type Case<'a> = (String, &'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: [Case; 4] = [
+        (
+            source("not_onnx.onnx"),
+            "input = [3, 8, 8]",
+            vec![],
+            "not an ONNX model",
+        ),
+        (source("cnn.onnx"), "input = [8, 8]", vec![], "dimensions"),
+        (
+            source("cnn.onnx"),
+            "input = [3, 8, 8]",
+            vec![("PACKRAT_ONNXRUNTIME", "/nonexistent/libonnxruntime.so.1")],
+            "not installed",
+        ),
+        (
+            source("cnn.onnx"),
+            "input = [3, 8, 8]",
+            vec![("PACKRAT_ONNXRUNTIME", "/etc/hostname")],
+            "cannot load ONNX Runtime",
+        ),
+    ];
+    for (src, extra, env, want) in cases {
+        std::fs::write(&cfg, config_with_source(dir.path(), &src, extra)).unwrap();
+        let (code, err) = serve_exit(&cfg, &env);
+        assert_eq!(code, Some(78), "{src} {env:?}: {err}");
+        assert!(
+            err.contains("model[0].source") && err.contains(want),
+            "{err}"
+        );
+        assert!(
+            err.contains("fix:") && !err.contains("Exception raised from"),
+            "{err}"
+        );
+    }
+    // A .pt that is not TorchScript: one line, no C++ backtrace.
+    let pt = dir.path().join("broken.pt");
+    std::fs::write(&pt, "not a zip").unwrap();
+    std::fs::write(
+        &cfg,
+        config_with_source(dir.path(), &pt.display().to_string(), "input = [3]"),
+    )
+    .unwrap();
+    let (code, err) = serve_exit(&cfg, &[]);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains("TorchScript") && err.lines().count() <= 3,
+        "{err}"
+    );
+}
+
+#[test]
+fn onnx_runtime_threads_stay_on_their_instances_cores() {
+    let cpus = allowed_cpus();
+    assert!(cpus.len() >= 2, "this test needs two CPUs, has {cpus:?}");
+    let (c0, c1) = (cpus[0], cpus[1]);
+    let m = models();
+    // One instance with two threads: the instance thread keeps c0, ONNX Runtime's one pool
+    // thread gets c1.
+    let agent = onnx_agent(
+        m.path(),
+        "cnn.onnx",
+        &format!("input = [3, 8, 8]\nplan = [{{ threads = 2, batch = 1, cores = [{c0}, {c1}] }}]"),
+    );
+    let st = agent.status();
+    let inst = &st["models"][0]["instances"][0];
+    assert_eq!(inst["observed_threads"], 2);
+    let tid = inst["tid"].as_i64().unwrap() as i32;
+    let tasks = task_cpus(agent.pid());
+    let mine = tasks.iter().find(|t| t.0 == tid).unwrap();
+    assert_eq!(mine.2, c0.to_string(), "{tasks:?}");
+    assert!(
+        tasks.iter().any(|t| t.0 != tid && t.2 == c1.to_string()),
+        "no ONNX Runtime pool thread pinned to {c1}: {tasks:?}"
+    );
+    let x = load(&m.path().join("cnn_x3.npy")).remove(0).1;
+    let name = agent.submit("x.npy", &[("x".into(), x)]);
+    agent.wait(&name).unwrap();
+    drop(agent);
+    // Two one-thread instances: each on its own core, and no pool threads at all.
+    let agent = onnx_agent(
+        m.path(),
+        "cnn.onnx",
+        &format!(
+            "input = [3, 8, 8]\nplan = [{{ threads = 1, batch = 1, cores = [{c0}] }}, {{ threads = 1, batch = 1, cores = [{c1}] }}]"
+        ),
+    );
+    let st = agent.status();
+    let insts = st["models"][0]["instances"].as_array().unwrap();
+    let tasks = task_cpus(agent.pid());
+    for inst in insts {
+        assert_eq!(inst["observed_threads"], 1);
+        let tid = inst["tid"].as_i64().unwrap() as i32;
+        let core = inst["cores"][0].as_u64().unwrap().to_string();
+        assert_eq!(tasks.iter().find(|t| t.0 == tid).unwrap().2, core);
+    }
+}

@@ -1,0 +1,87 @@
+"""Writes the small ONNX models the engine tests serve into DIR, with inputs and the outputs
+onnx's own ReferenceEvaluator computes for them (independent of ONNX Runtime).
+
+usage: python make_onnx.py DIR
+"""
+import sys
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+out = sys.argv[1]
+rng = np.random.default_rng(0)
+
+
+def f32(a):
+    return np.asarray(a, dtype=np.float32)
+
+
+def save(model, name):
+    model.ir_version = 8  # ONNX Runtime 1.32 reads it; newer onnx defaults may be ahead
+    onnx.checker.check_model(model)
+    onnx.save(model, f"{out}/{name}.onnx")
+    return ReferenceEvaluator(model)
+
+
+def init(name, a):
+    return numpy_helper.from_array(f32(a), name)
+
+
+# cnn: x [N, 3, 8, 8] -> Conv 3->4 (3x3, pad 1) -> Relu -> GlobalAveragePool -> Flatten -> Gemm 4->5
+conv_w, conv_b = f32(rng.standard_normal((4, 3, 3, 3)) * 0.3), f32(rng.standard_normal(4) * 0.1)
+fc_w, fc_b = f32(rng.standard_normal((5, 4))), f32(rng.standard_normal(5))
+cnn = helper.make_model(
+    helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "W", "B"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["r"]),
+            helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+            helper.make_node("Flatten", ["p"], ["f"], axis=1),
+            helper.make_node("Gemm", ["f", "G", "C"], ["y"], transB=1),
+        ],
+        "cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+        [init("W", conv_w), init("B", conv_b), init("G", fc_w), init("C", fc_b)],
+    ),
+    opset_imports=[helper.make_opsetid("", 17)],
+)
+ref = save(cnn, "cnn")
+for n in (1, 3, 8):
+    x = f32(rng.standard_normal((n, 3, 8, 8)))
+    np.save(f"{out}/cnn_x{n}.npy", x)
+    np.save(f"{out}/cnn_y{n}.npy", ref.run(None, {"x": x})[0])
+
+# two inputs: a [N, 16], b [N, 8] -> tanh(a @ A + b @ B), and a second output a @ A
+a_w, b_w = f32(rng.standard_normal((16, 4)) * 0.3), f32(rng.standard_normal((8, 4)) * 0.3)
+two = helper.make_model(
+    helper.make_graph(
+        [
+            helper.make_node("MatMul", ["a", "A"], ["pa"]),
+            helper.make_node("MatMul", ["b", "Bw"], ["pb"]),
+            helper.make_node("Add", ["pa", "pb"], ["s"]),
+            helper.make_node("Tanh", ["s"], ["y"]),
+        ],
+        "two",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 16]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 8]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4]),
+            helper.make_tensor_value_info("pa", TensorProto.FLOAT, ["N", 4]),
+        ],
+        [init("A", a_w), init("Bw", b_w)],
+    ),
+    opset_imports=[helper.make_opsetid("", 17)],
+)
+ref = save(two, "two")
+a, b = f32(rng.standard_normal((3, 16))), f32(rng.standard_normal((3, 8)))
+np.savez(f"{out}/two_in.npz", a=a, b=b)
+y, pa = ref.run(None, {"a": a, "b": b})
+np.savez(f"{out}/two_out.npz", y=y, pa=pa)
+
+with open(f"{out}/not_onnx.onnx", "w") as f:
+    f.write("this is not a protobuf\n")
