@@ -1,10 +1,27 @@
-//! Bakes the engines' library locations into the binary so it runs without LD_LIBRARY_PATH:
+//! Compiles the TorchScript optimisation shim (`src/engine/torch_opt.cpp`) against libtorch and
+//! bakes the engines' library locations into the binary so it runs without LD_LIBRARY_PATH:
 //! libtorch's directory as an rpath (torch-sys exports it to dependants as DEP_TCH_LIBTORCH_LIB)
 //! with its version, and the ONNX Runtime library `ort` loads at run time
 //! (`PACKRAT_ORT_LIB` at build time, else the checkout's `.onnxruntime/`).
 fn main() {
     if let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+        // The TorchScript optimisation shim, against the same libtorch (flags as torch-sys).
+        let include = std::path::Path::new(&dir).join("../include");
+        cc::Build::new()
+            .cpp(true)
+            .file("src/engine/torch_opt.cpp")
+            .include(&include)
+            .include(include.join("torch/csrc/api/include"))
+            .flag("-std=c++17")
+            .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
+            .flag("-DGLOG_USE_GLOG_EXPORT")
+            .warnings(false)
+            .compile("packrat_torch_opt");
+        println!("cargo:rustc-link-search=native={dir}");
+        println!("cargo:rustc-link-lib=dylib=torch_cpu");
+        println!("cargo:rustc-link-lib=dylib=c10");
+        println!("cargo:rerun-if-changed=src/engine/torch_opt.cpp");
         let version = std::fs::read_to_string(std::path::Path::new(&dir).join("../build-version"))
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "unknown".into());

@@ -14,6 +14,7 @@ mod nets;
 pub mod onnx;
 mod pool;
 mod torch;
+mod torch_opt;
 
 use anyhow::{anyhow, Context, Result};
 use tch::{Kind, Tensor};

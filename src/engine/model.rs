@@ -80,7 +80,9 @@ impl Model {
         precision: Precision,
     ) -> Result<Model> {
         let backend: Box<dyn Backend> = match source {
-            ModelSource::Builtin(b) => Box::new(Torch::new(b.build(&inputs)?, precision)?),
+            ModelSource::Builtin(b) => {
+                Box::new(Torch::new(name, b.build(&inputs)?, &inputs, precision)?)
+            }
             ModelSource::TorchScript(path) => {
                 let module = CModule::load(path).map_err(|e| {
                     log::debug!("loading {}: {e}", path.display());
@@ -90,7 +92,7 @@ impl Model {
                         first_line(&e)
                     )
                 })?;
-                Box::new(Torch::new(module, precision)?)
+                Box::new(Torch::new(name, module, &inputs, precision)?)
             }
             ModelSource::Onnx(path) => {
                 anyhow::ensure!(
