@@ -2,7 +2,8 @@
 //! bakes the engines' library locations into the binary so it runs without LD_LIBRARY_PATH:
 //! libtorch's directory as an rpath (torch-sys exports it to dependants as DEP_TCH_LIBTORCH_LIB)
 //! with its version, and the ONNX Runtime library `ort` loads at run time
-//! (`PACKRAT_ORT_LIB` at build time, else the checkout's `.onnxruntime/`).
+//! (`PACKRAT_ORT_LIB` at build time, else the checkout's `.onnxruntime/`), and OpenVINO's C
+//! library (`PACKRAT_OPENVINO_LIB`, else the checkout's `.openvino/`).
 fn main() {
     if let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
@@ -34,6 +35,12 @@ fn main() {
         format!("{top}/.onnxruntime/lib/libonnxruntime.so.1")
     });
     println!("cargo:rustc-env=PACKRAT_ORT_LIB={ort}");
+    let ov = std::env::var("PACKRAT_OPENVINO_LIB").unwrap_or_else(|_| {
+        let top = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+        format!("{top}/.openvino/libs/libopenvino_c.so")
+    });
+    println!("cargo:rustc-env=PACKRAT_OPENVINO_LIB={ov}");
+    println!("cargo:rerun-if-env-changed=PACKRAT_OPENVINO_LIB");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=PACKRAT_ORT_LIB");

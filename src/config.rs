@@ -355,7 +355,7 @@ fn source(
                 refuse(
                     f("engine"),
                     format!("there is no engine '{e}'"),
-                    "write engine = \"libtorch\" or engine = \"onnxruntime\" (or leave it out: the source decides)",
+                    "write engine = \"libtorch\", \"onnxruntime\" or \"openvino\" (or leave it out: the source decides)",
                 )
             },
             Ok,
@@ -387,11 +387,10 @@ fn source(
             "write source = \"builtin:resnet18\", \"/srv/models/model.pt\" or \"/srv/models/model.onnx\"",
         );
     }
-    let onnx_ext = path.extension().is_some_and(|e| e == "onnx");
-    let engine = engine.unwrap_or(if onnx_ext {
-        EngineKind::OnnxRuntime
-    } else {
-        EngineKind::Libtorch
+    let engine = engine.unwrap_or(match path.extension().and_then(|e| e.to_str()) {
+        Some("onnx") => EngineKind::OnnxRuntime,
+        Some("xml") => EngineKind::OpenVino,
+        _ => EngineKind::Libtorch,
     });
     if !path.is_file() {
         return refuse(
@@ -403,6 +402,7 @@ fn source(
     Ok(match engine {
         EngineKind::Libtorch => ModelSource::TorchScript(path.to_path_buf()),
         EngineKind::OnnxRuntime => ModelSource::Onnx(path.to_path_buf()),
+        EngineKind::OpenVino => ModelSource::OpenVino(path.to_path_buf()),
     })
 }
 
@@ -495,11 +495,13 @@ fn inputs(
             .collect(),
         (None, None) => match source {
             ModelSource::Builtin(b) => Ok(b.default_inputs()),
-            ModelSource::TorchScript(_) | ModelSource::Onnx(_) => refuse(
-                f("input"),
-                "a model file needs its input shape",
-                "write input = [3, 224, 224] (one item, without the batch dimension)",
-            ),
+            ModelSource::TorchScript(_) | ModelSource::Onnx(_) | ModelSource::OpenVino(_) => {
+                refuse(
+                    f("input"),
+                    "a model file needs its input shape",
+                    "write input = [3, 224, 224] (one item, without the batch dimension)",
+                )
+            }
         },
     }
 }

@@ -87,6 +87,7 @@ pub fn engine_version(engine: EngineKind) -> &'static str {
     match engine {
         EngineKind::Libtorch => crate::LIBTORCH_VERSION,
         EngineKind::OnnxRuntime => crate::engine::ONNXRUNTIME_VERSION,
+        EngineKind::OpenVino => crate::engine::OPENVINO_VERSION,
     }
 }
 
@@ -103,7 +104,7 @@ pub struct Subject<'a> {
 pub fn profile_key(subject: &Subject, topo: &Topology) -> Result<ProfileKey> {
     let model_hash = match subject.source {
         ModelSource::Builtin(_) => subject.source.to_string(),
-        ModelSource::TorchScript(path) | ModelSource::Onnx(path) => {
+        ModelSource::TorchScript(path) | ModelSource::Onnx(path) | ModelSource::OpenVino(path) => {
             let bytes = std::fs::read(path)
                 .with_context(|| format!("cannot read {} to hash it", path.display()))?;
             format!("fnv1a64:{:016x}", fnv1a(&bytes, 0xcbf2_9ce4_8422_2325))

@@ -203,3 +203,106 @@ fn onnx_runtime_threads_stay_on_their_instances_cores() {
         assert_eq!(tasks.iter().find(|t| t.0 == tid).unwrap().2, core);
     }
 }
+
+/// An agent serving the CNN on OpenVINO, from its ONNX file or its IR.
+fn openvino_agent(models: &Path, file: &str, extra: &str) -> Agent {
+    onnx_agent(
+        models,
+        file,
+        &format!("engine = \"openvino\"\ninput = [3, 8, 8]\n{extra}"),
+    )
+}
+
+#[test]
+fn openvino_serves_onnx_and_ir_models_in_f32_and_bf16() {
+    let m = models();
+    let x = load(&m.path().join("cnn_x3.npy")).remove(0).1;
+    let want = load(&m.path().join("cnn_y3.npy")).remove(0).1;
+    for file in ["cnn.onnx", "cnn.xml"] {
+        let agent = openvino_agent(m.path(), file, "plan = \"baseline\"");
+        let name = agent.submit("x.npy", &[("x".into(), x.shallow_clone())]);
+        assert_close(&read(&agent.wait(&name).unwrap())[0].1, &want);
+    }
+    // bf16 moves the outputs a little, never a lot, and they stay float32.
+    let agent = openvino_agent(
+        m.path(),
+        "cnn.onnx",
+        "plan = \"baseline\"\nprecision = \"bf16\"",
+    );
+    let name = agent.submit("x.npy", &[("x".into(), x.shallow_clone())]);
+    let got = read(&agent.wait(&name).unwrap()).remove(0).1;
+    assert_eq!(got.kind(), tch::Kind::Float);
+    let scale = f64::try_from(want.abs().max()).unwrap();
+    let drift = f64::try_from((&got - &want).abs().max()).unwrap() / scale;
+    assert!(drift < 0.05, "bf16 drift {drift}");
+}
+
+#[test]
+fn openvino_runtimes_that_cannot_load_are_config_errors() {
+    let m = models();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    let src = m.path().join("cnn.onnx").display().to_string();
+    std::fs::write(
+        &cfg,
+        config_with_source(dir.path(), &src, "engine = \"openvino\"\ninput = [3, 8, 8]"),
+    )
+    .unwrap();
+    for (lib, want) in [
+        ("/nonexistent/libopenvino_c.so", "not installed"),
+        ("/etc/hostname", "cannot load OpenVINO"),
+    ] {
+        let (code, err) = serve_exit(&cfg, &[("PACKRAT_OPENVINO", lib)]);
+        assert_eq!(code, Some(78), "{lib}: {err}");
+        assert!(
+            err.contains(want) && err.contains("setup-openvino.sh"),
+            "{err}"
+        );
+    }
+    // An IR without its weights.
+    let xml = dir.path().join("lonely.xml");
+    std::fs::copy(m.path().join("cnn.xml"), &xml).unwrap();
+    std::fs::write(
+        &cfg,
+        config_with_source(dir.path(), &xml.display().to_string(), "input = [3, 8, 8]"),
+    )
+    .unwrap();
+    let (code, err) = serve_exit(&cfg, &[]);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains("weights") && err.contains(".bin"), "{err}");
+}
+
+#[test]
+fn openvino_threads_inherit_their_instances_cores() {
+    let cpus = allowed_cpus();
+    assert!(cpus.len() >= 2, "this test needs two CPUs, has {cpus:?}");
+    let (c0, c1) = (cpus[0], cpus[1]);
+    let m = models();
+    let agent = openvino_agent(
+        m.path(),
+        "cnn.onnx",
+        &format!(
+            "plan = [{{ threads = 1, batch = 1, cores = [{c0}] }}, {{ threads = 1, batch = 1, cores = [{c1}] }}]"
+        ),
+    );
+    let x = load(&m.path().join("cnn_x3.npy")).remove(0).1;
+    let name = agent.submit("x.npy", &[("x".into(), x)]);
+    agent.wait(&name).unwrap();
+    let st = agent.status();
+    let tasks = task_cpus(agent.pid());
+    for inst in st["models"][0]["instances"].as_array().unwrap() {
+        let tid = inst["tid"].as_i64().unwrap() as i32;
+        let core = inst["cores"][0].as_u64().unwrap().to_string();
+        let comm = &tasks.iter().find(|t| t.0 == tid).unwrap().1;
+        // OpenVINO's own threads for this compiled model carry the instance's name.
+        let family: Vec<_> = tasks.iter().filter(|t| &t.1 == comm).collect();
+        assert!(
+            family.len() >= 2,
+            "no OpenVINO threads beside {comm}: {tasks:?}"
+        );
+        assert!(
+            family.iter().all(|t| t.2 == core),
+            "{family:?} left core {core}"
+        );
+    }
+}

@@ -21,6 +21,7 @@ use crate::spool::{Folder, Spool};
 fn load_fix(engine: EngineKind) -> &'static str {
     match engine {
         EngineKind::Libtorch => "point source at a TorchScript file (torch.jit.save) or a builtin:NAME",
+        EngineKind::OpenVino => "point source at an ONNX model or an OpenVINO IR .xml (with its .bin) whose inputs match the config; if OpenVINO itself is missing, run packaging/setup-openvino.sh or set PACKRAT_OPENVINO=/path/to/libopenvino_c.so",
         EngineKind::OnnxRuntime => "point source at an ONNX model (torch.onnx.export) whose inputs match the config; if ONNX Runtime itself is missing, run packaging/setup-onnxruntime.sh or set PACKRAT_ONNXRUNTIME=/path/to/libonnxruntime.so.1",
     }
 }

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use tch::nn::{self, ModuleT};
 use tch::{CModule, Kind, Tensor};
 
-use super::{nets, InputSpec};
+use super::{nets, InputSpec, Precision};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Builtin {
@@ -123,15 +123,24 @@ impl Builtin {
     }
 
     /// Builds the network and traces it into a `CModule` (the code path of TorchScript files).
-    pub fn build(self, inputs: &[InputSpec]) -> Result<CModule> {
+    /// A trace bakes the weights into the graph as constants, so a bf16 network is traced in
+    /// bf16 (weights and float inputs).
+    pub fn build(self, inputs: &[InputSpec], precision: Precision) -> Result<CModule> {
         self.check_inputs(inputs).map_err(anyhow::Error::msg)?;
         // tch's non-`f_` ops panic on a libtorch error: keep that inside this call.
-        std::panic::catch_unwind(|| self.trace(inputs))
+        std::panic::catch_unwind(|| self.trace(inputs, precision))
             .unwrap_or_else(|_| bail!("building built-in '{}' failed inside libtorch", self.name()))
     }
 
-    fn trace(self, inputs: &[InputSpec]) -> Result<CModule> {
-        let examples: Vec<Tensor> = inputs.iter().map(|i| i.zeros(1)).collect();
+    fn trace(self, inputs: &[InputSpec], precision: Precision) -> Result<CModule> {
+        let bf16 = precision == Precision::Bf16;
+        let examples: Vec<Tensor> = inputs
+            .iter()
+            .map(|i| match i.dtype {
+                Kind::Float if bf16 => i.zeros(1).to_kind(Kind::BFloat16),
+                _ => i.zeros(1),
+            })
+            .collect();
         let mut vs = nn::VarStore::new(tch::Device::Cpu);
         let p = &vs.root();
         type Forward = Box<dyn Fn(&[Tensor]) -> Tensor>;
@@ -157,6 +166,9 @@ impl Builtin {
         };
         deterministic_weights(&vs)
             .with_context(|| format!("initialising built-in '{}'", self.name()))?;
+        if bf16 {
+            vs.bfloat16();
+        }
         // Weights must not require grad, or tracing refuses to bake them into the graph.
         vs.freeze();
         tch::no_grad(|| {
@@ -253,7 +265,7 @@ mod tests {
         }];
         assert!(Builtin::BertBase.check_inputs(&bert_scalar).is_err());
         let one_head = [InputSpec::float("a", vec![16])];
-        assert!(Builtin::TwoHeads.build(&one_head).is_err());
+        assert!(Builtin::TwoHeads.build(&one_head, Precision::F32).is_err());
         let tiny_image = [InputSpec::float("input", vec![3, 8, 8])];
         assert!(Builtin::Resnet18.check_inputs(&tiny_image).is_err());
     }

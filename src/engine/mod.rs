@@ -1,5 +1,6 @@
 //! The engine: everything that runs a model. A [`Model`] (a TorchScript file or a [`Builtin`]
-//! on libtorch, or an `.onnx` file on ONNX Runtime) is a [`Backend`] that opens one [`Session`]
+//! on libtorch, an `.onnx` file on ONNX Runtime, an `.onnx` or IR `.xml` on OpenVINO) is a
+//! [`Backend`] that opens one [`Session`]
 //! per instance thread; instances ([`InstanceSet`]: pinned threads with their own intra-op
 //! thread counts) run sessions, and the [`InstancePool`] keeps warm instance sets for the
 //! runtime, the profiler and the bench alike.
@@ -12,6 +13,7 @@ mod instances;
 mod model;
 mod nets;
 pub mod onnx;
+pub mod openvino;
 mod pool;
 mod torch;
 mod torch_opt;
@@ -23,6 +25,7 @@ pub use builtins::Builtin;
 pub use instances::{InstanceInfo, InstanceSet, InstanceSpec};
 pub use model::{InputMismatch, MismatchKind, Model, ModelSource};
 pub use onnx::ONNXRUNTIME_VERSION;
+pub use openvino::OPENVINO_VERSION;
 pub use pool::InstancePool;
 
 /// A forward pass's named outputs, in the model's order.
@@ -48,15 +51,21 @@ pub trait Session {
 pub enum EngineKind {
     Libtorch,
     OnnxRuntime,
+    OpenVino,
 }
 
 impl EngineKind {
-    pub const ALL: [EngineKind; 2] = [EngineKind::Libtorch, EngineKind::OnnxRuntime];
+    pub const ALL: [EngineKind; 3] = [
+        EngineKind::Libtorch,
+        EngineKind::OnnxRuntime,
+        EngineKind::OpenVino,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             EngineKind::Libtorch => "libtorch",
             EngineKind::OnnxRuntime => "onnxruntime",
+            EngineKind::OpenVino => "openvino",
         }
     }
 
@@ -66,7 +75,7 @@ impl EngineKind {
 
     /// Whether the engine has a bfloat16 path.
     pub fn has_bf16(self) -> bool {
-        self == EngineKind::Libtorch
+        self != EngineKind::OnnxRuntime
     }
 }
 
@@ -152,6 +161,33 @@ pub fn split_outputs(out: Outputs, sizes: &[usize]) -> Result<Vec<Outputs>> {
         }
     }
     Ok(parts)
+}
+
+/// Largest |a − b| over the largest |a|, over every output (how far `b` drifted from `a`); an
+/// error when the outputs do not even match in names or shapes.
+pub fn relative_difference(a: &Outputs, b: &Outputs) -> Result<f64> {
+    if a.len() != b.len() || a.iter().zip(b).any(|(x, y)| x.0 != y.0) {
+        anyhow::bail!(
+            "the outputs differ in number or names ({} vs {})",
+            b.len(),
+            a.len()
+        );
+    }
+    let mut worst = 0.0f64;
+    for ((_, x), (_, y)) in a.iter().zip(b) {
+        if x.size() != y.size() {
+            anyhow::bail!(
+                "an output of shape {:?} instead of {:?}",
+                y.size(),
+                x.size()
+            );
+        }
+        let (x, y) = (x.to_kind(Kind::Double), y.to_kind(Kind::Double));
+        let scale = f64::try_from(x.abs().max())?.max(1e-12);
+        let diff = f64::try_from((x - y).abs().max())?;
+        worst = worst.max(diff / scale);
+    }
+    Ok(worst)
 }
 
 #[cfg(test)]

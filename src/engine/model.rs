@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use tch::{CModule, Kind, Tensor};
 
 use super::onnx::Onnx;
+use super::openvino::OpenVino;
 use super::torch::Torch;
 use super::{Backend, Builtin, EngineKind, InputSpec, InstanceSpec, Outputs, Precision, Session};
 use crate::tensorfile::{kind_name, Named};
@@ -17,6 +18,8 @@ pub enum ModelSource {
     Builtin(Builtin),
     TorchScript(PathBuf),
     Onnx(PathBuf),
+    /// An `.onnx` file or an IR `.xml` (with its `.bin`) on OpenVINO.
+    OpenVino(PathBuf),
 }
 
 impl ModelSource {
@@ -24,6 +27,7 @@ impl ModelSource {
         match self {
             ModelSource::Builtin(_) | ModelSource::TorchScript(_) => EngineKind::Libtorch,
             ModelSource::Onnx(_) => EngineKind::OnnxRuntime,
+            ModelSource::OpenVino(_) => EngineKind::OpenVino,
         }
     }
 }
@@ -32,7 +36,9 @@ impl std::fmt::Display for ModelSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ModelSource::Builtin(b) => write!(f, "builtin:{}", b.name()),
-            ModelSource::TorchScript(p) | ModelSource::Onnx(p) => write!(f, "{}", p.display()),
+            ModelSource::TorchScript(p) | ModelSource::Onnx(p) | ModelSource::OpenVino(p) => {
+                write!(f, "{}", p.display())
+            }
         }
     }
 }
@@ -80,9 +86,12 @@ impl Model {
         precision: Precision,
     ) -> Result<Model> {
         let backend: Box<dyn Backend> = match source {
-            ModelSource::Builtin(b) => {
-                Box::new(Torch::new(name, b.build(&inputs)?, &inputs, precision)?)
-            }
+            ModelSource::Builtin(b) => Box::new(Torch::new(
+                name,
+                b.build(&inputs, precision)?,
+                &inputs,
+                precision,
+            )?),
             ModelSource::TorchScript(path) => {
                 let module = CModule::load(path).map_err(|e| {
                     log::debug!("loading {}: {e}", path.display());
@@ -101,6 +110,7 @@ impl Model {
                 );
                 Box::new(Onnx::load(path, &inputs)?)
             }
+            ModelSource::OpenVino(path) => Box::new(OpenVino::load(path, &inputs, precision)?),
         };
         Ok(Model {
             name: name.to_string(),
@@ -330,5 +340,23 @@ mod tests {
             kind(vec![named("a", f(&[3, 16])), named("b", ints)]),
             MismatchKind::Dtype
         );
+    }
+}
+
+#[cfg(test)]
+mod precision_tests {
+    use super::*;
+    use crate::engine::relative_difference;
+
+    #[test]
+    fn a_bf16_builtin_answers_in_f32_close_to_its_f32_twin() {
+        let b = Builtin::TinyCnn;
+        let load = |p| Model::load("m", &ModelSource::Builtin(b), b.default_inputs(), p).unwrap();
+        let (f32, bf16) = (load(Precision::F32), load(Precision::Bf16));
+        let xs = f32.example_inputs(3);
+        let (a, c) = (f32.forward(&xs).unwrap(), bf16.forward(&xs).unwrap());
+        assert_eq!(c[0].1.kind(), Kind::Float, "outputs stay float32");
+        let drift = relative_difference(&a, &c).unwrap();
+        assert!(drift > 0.0 && drift < 0.05, "bf16 drift {drift}");
     }
 }

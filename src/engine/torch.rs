@@ -55,6 +55,9 @@ impl Torch {
         };
         if precision == Precision::Bf16 {
             module.to(tch::Device::Cpu, Kind::BFloat16, false);
+            // A traced file keeps its weights as graph constants, which `to` cannot convert.
+            let xs = super::torch_opt::examples(inputs, floats);
+            super::torch_opt::plain_forward(&module, &xs).context("this TorchScript module cannot run in bf16 (its weights are graph constants, e.g. from torch.jit.trace): export it scripted, or use precision = \"f32\"")?;
         }
         let module = match super::torch_opt::optimize(&module, inputs, floats) {
             Ok(o) => {

@@ -12,7 +12,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use tch::{CModule, IValue, Kind, Tensor};
 
-use super::{InputSpec, Outputs};
+use super::{relative_difference, InputSpec, Outputs};
 
 extern "C" {
     fn packrat_load_optimized(
@@ -119,7 +119,7 @@ impl OptimizedModule {
     }
 }
 
-fn plain_forward(m: &CModule, xs: &[Tensor]) -> Result<Outputs> {
+pub(super) fn plain_forward(m: &CModule, xs: &[Tensor]) -> Result<Outputs> {
     let args: Vec<IValue> = xs
         .iter()
         .map(|t| IValue::Tensor(t.shallow_clone()))
@@ -128,7 +128,7 @@ fn plain_forward(m: &CModule, xs: &[Tensor]) -> Result<Outputs> {
 }
 
 /// Example inputs that exercise the model: small random floats, zeros for integer inputs.
-fn examples(inputs: &[InputSpec], floats: Kind) -> Vec<Tensor> {
+pub(super) fn examples(inputs: &[InputSpec], floats: Kind) -> Vec<Tensor> {
     inputs
         .iter()
         .map(|i| match i.dtype {
@@ -136,33 +136,6 @@ fn examples(inputs: &[InputSpec], floats: Kind) -> Vec<Tensor> {
             _ => i.zeros(2),
         })
         .collect()
-}
-
-/// Largest |a − b| relative to the largest |a|, over every output; an error when the outputs
-/// do not even match in names or shapes.
-fn relative_difference(a: &Outputs, b: &Outputs) -> Result<f64> {
-    if a.len() != b.len() || a.iter().zip(b).any(|(x, y)| x.0 != y.0) {
-        bail!(
-            "its outputs are not the plain module's ({} vs {})",
-            b.len(),
-            a.len()
-        );
-    }
-    let mut worst = 0.0f64;
-    for ((_, x), (_, y)) in a.iter().zip(b) {
-        if x.size() != y.size() {
-            bail!(
-                "an output of shape {:?} instead of {:?}",
-                y.size(),
-                x.size()
-            );
-        }
-        let (x, y) = (x.to_kind(Kind::Double), y.to_kind(Kind::Double));
-        let scale = f64::try_from(x.abs().max())?.max(1e-12);
-        let diff = f64::try_from((x - y).abs().max())?;
-        worst = worst.max(diff / scale);
-    }
-    Ok(worst)
 }
 
 /// fp32 outputs may differ by float reassociation (conv/BN folding) only.
@@ -238,7 +211,9 @@ mod tests {
     #[test]
     fn the_optimised_module_reproduces_the_plain_one_with_several_inputs() {
         let b = Builtin::TwoHeads;
-        let plain = b.build(&b.default_inputs()).unwrap();
+        let plain = b
+            .build(&b.default_inputs(), crate::engine::Precision::F32)
+            .unwrap();
         let xs = examples(&b.default_inputs(), Kind::Float);
         let want = plain_forward(&plain, &xs).unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -258,6 +233,7 @@ mod tests {
         assert!(relative_difference(&a, &b).unwrap() > F32_TOLERANCE);
         let two = vec![a[0].clone_pair(), a[0].clone_pair()];
         assert!(relative_difference(&a, &two).is_err());
+        assert_eq!(relative_difference(&a, &a).unwrap(), 0.0);
         let dir = tempfile::tempdir().unwrap();
         let bad = dir.path().join("bad.pt");
         std::fs::write(&bad, b"not a module").unwrap();

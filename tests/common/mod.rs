@@ -51,7 +51,7 @@ impl Agent {
         Self::start_full(source, extra, &[])
     }
 
-    fn start_full(source: &str, extra: &str, env: &[(&str, &str)]) -> Agent {
+    pub fn start_full(source: &str, extra: &str, env: &[(&str, &str)]) -> Agent {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("packrat.toml");
         fs::write(&config, config_with_source(dir.path(), source, extra)).unwrap();

@@ -1,5 +1,6 @@
-"""Writes the small ONNX models the engine tests serve into DIR, with inputs and the outputs
-onnx's own ReferenceEvaluator computes for them (independent of ONNX Runtime).
+"""Writes the small ONNX models (and one OpenVINO IR) the engine tests serve into DIR, with
+inputs and the outputs onnx's own ReferenceEvaluator computes for them (independent of the
+engines).
 
 usage: python make_onnx.py DIR
 """
@@ -85,3 +86,8 @@ np.savez(f"{out}/two_out.npz", y=y, pa=pa)
 
 with open(f"{out}/not_onnx.onnx", "w") as f:
     f.write("this is not a protobuf\n")
+
+# The same CNN as an OpenVINO IR (.xml + .bin), for the OpenVINO engine.
+import openvino as ov  # noqa: E402
+
+ov.save_model(ov.convert_model(f"{out}/cnn.onnx"), f"{out}/cnn.xml", compress_to_fp16=False)

@@ -1,0 +1,93 @@
+"""Turns bench-out/peers/raw into the peers tables (markdown, to stdout) and one plot per
+model (SVG): the median over rounds of each system's median batch latency.
+
+usage: python table.py OUT_DIR
+"""
+import glob
+import json
+import os
+import statistics
+import sys
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+out = sys.argv[1]
+# (model, system) -> batch -> [ms per round]
+runs = defaultdict(lambda: defaultdict(list))
+for path in glob.glob(f"{out}/raw/r*-*.json"):
+    d = json.load(open(path))
+    for b, ms in d["rows"].items():
+        runs[(d["model"], d["system"])][int(b)].append(ms)
+for path in glob.glob(f"{out}/raw/r*/*.json"):
+    d = json.load(open(path))
+    model, engine = d["model"].rsplit("-", 1)
+    for row in d["rows"]:
+        runs[(model, f"packrat-{engine} one instance")][row["batch"]].append(row["baseline_median_ms"])
+        runs[(model, f"packrat-{engine} plan")][row["batch"]].append(row["planned_median_ms"])
+
+# GFLOP per item, for achieved throughput (ResNet-50 at 224², BERT-base at sequence 128).
+GFLOP = {"resnet50": 4.1, "bert_base": 22.3}
+F32_PEERS = ["pytorch", "onnxruntime", "onnxruntime-2x1", "openvino-latency-f32",
+             "openvino-2streams-f32", "openvino-throughput-f32"]
+DEFAULT_PEERS = ["openvino-latency-default", "openvino-2streams-default", "openvino-throughput-default"]
+
+
+def med(model, system, b):
+    v = runs[(model, system)].get(b)
+    return statistics.median(v) if v else None
+
+
+def fmt(x):
+    return "–" if x is None else f"{x:.1f}"
+
+
+for model in sorted({m for m, _ in runs}):
+    systems = sorted({s for m, s in runs if m == model})
+    batches = sorted({b for (m, s), rows in runs.items() if m == model for b in rows})
+    ours = [s for s in systems if s.startswith("packrat") and s.endswith("plan")]
+    rounds = max(len(v) for (m, s), rows in runs.items() if m == model for v in rows.values())
+    print(f"\n### {model} (median ms of a whole batch; median over {rounds} interleaved rounds)\n")
+    cols = [s for s in systems if s.startswith("packrat")] + [p for p in F32_PEERS if p in systems]
+    print("| B | " + " | ".join(cols) + " | best f32 peer | packrat best / best f32 peer | GFLOP/s packrat |")
+    print("|---:|" + "---:|" * (len(cols) + 3))
+    ratios = []
+    for b in batches:
+        best_peer = min((x for x in (med(model, p, b) for p in F32_PEERS) if x is not None), default=None)
+        best_ours = min((x for x in (med(model, s, b) for s in ours) if x is not None), default=None)
+        ratio = best_ours / best_peer if best_ours and best_peer else None
+        if ratio and b >= 2:
+            ratios.append(ratio)
+        gflops = GFLOP.get(model, 0) * b / best_ours * 1e3 if best_ours else None
+        print(f"| {b} | " + " | ".join(fmt(med(model, s, b)) for s in cols)
+              + f" | {fmt(best_peer)} | {'–' if ratio is None else f'{ratio:.2f}'} | {fmt(gflops)} |")
+    if ratios:
+        geo = statistics.geometric_mean(ratios)
+        print(f"\ngeometric mean over B ≥ 2 of packrat's best plan / the best f32 peer: **{geo:.3f}**")
+    dflt = [p for p in DEFAULT_PEERS if p in systems] + [s for s in systems if "bf16" in s]
+    if dflt:
+        print(f"\n{model}, OpenVINO's default precision (bf16 on this CPU) — ms and GFLOP/s:\n")
+        print("| B | " + " | ".join(dflt) + " |")
+        print("|---:|" + "---:|" * len(dflt))
+        for b in batches:
+            cells = []
+            for s in dflt:
+                x = med(model, s, b)
+                cells.append("–" if x is None else f"{x:.1f} ({GFLOP.get(model, 0) * b / x * 1e3:.0f})")
+            print(f"| {b} | " + " | ".join(cells) + " |")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for s in systems:
+        pts = [(b, med(model, s, b)) for b in batches if med(model, s, b)]
+        style = "-o" if s.startswith("packrat") else "--."
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=s)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size B")
+    ax.set_ylabel("median batch latency (ms)")
+    ax.set_title(f"{model}: packrat vs peers on {os.cpu_count()} cores")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(f"{out}/{model}.svg")

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Assembles OpenVINO's runtime (CPU only) from the PyPI `openvino` wheel into .openvino/ of this
+# checkout: the C library the `openvino` crate loads at run time, the CPU plugin and the ONNX and
+# IR frontends it finds beside it, and TBB (DESIGN §11). The version is pinned; the binary finds
+# the library through a path baked in at build time (build.rs). Idempotent.
+set -euo pipefail
+
+OV_VERSION=2026.4.0
+OV_SO=2640   # the wheel's soname suffix for $OV_VERSION
+
+top="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+dest="$top/.openvino"
+lib="$dest/libs"
+
+if [[ -f "$dest/version" && "$(cat "$dest/version")" == "$OV_VERSION" && -e "$lib/libopenvino_c.so" ]]; then
+    exit 0
+fi
+
+die() { echo "setup-openvino: $*" >&2; exit 1; }
+
+PYTHON="${PYTHON:-python3}"
+command -v "$PYTHON" >/dev/null || die "python3 not found: install Python 3 with pip, or set PYTHON=/path/to/python3"
+"$PYTHON" -m pip --version >/dev/null 2>&1 || die "pip is missing for $PYTHON: install it (apt-get install python3-pip)"
+
+work="$dest/work"
+rm -rf "$work" "$lib"
+mkdir -p "$work" "$lib"
+echo "setup-openvino: downloading openvino==$OV_VERSION from PyPI" >&2
+"$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: -d "$work" "openvino==$OV_VERSION" \
+    || die "pip download failed: check that PyPI is reachable (pip config, proxy) and retry"
+whl="$(ls "$work"/openvino-*.whl | head -n1)"
+[[ -n "$whl" ]] || die "no openvino wheel was downloaded"
+"$PYTHON" - "$whl" "$lib" "$OV_SO" <<'PY' || die "the wheel lacks a library packrat needs (see above)"
+import os, sys, zipfile
+whl, lib, so = sys.argv[1:]
+want = [f"libopenvino.so.{so}", f"libopenvino_c.so.{so}", "libopenvino_intel_cpu_plugin.so",
+        f"libopenvino_onnx_frontend.so.{so}", f"libopenvino_ir_frontend.so.{so}",
+        "libtbb.so.12", "libtbbbind_2_5.so.3", "libtbbmalloc.so.2", "libhwloc.so.15"]
+with zipfile.ZipFile(whl) as z:
+    names = set(z.namelist())
+    for w in want:
+        src = f"openvino/libs/{w}"
+        if src not in names:
+            sys.exit(f"missing {src}")
+        with z.open(src) as f, open(os.path.join(lib, w), "wb") as out:
+            out.write(f.read())
+PY
+ln -sf "libopenvino_c.so.$OV_SO" "$lib/libopenvino_c.so"
+echo "$OV_VERSION" > "$dest/version"
+rm -rf "$work"
+echo "setup-openvino: OpenVINO $OV_VERSION ready in $lib ($(du -sh "$lib" | cut -f1))" >&2

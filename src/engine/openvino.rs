@@ -1,0 +1,236 @@
+//! The OpenVINO backend (`engine = "openvino"`: an `.onnx` file or an OpenVINO IR `.xml` with its
+//! `.bin`). The runtime is the C library of the PyPI `openvino` wheel with its CPU plugin and
+//! frontends beside it (`packaging/setup-openvino.sh`), loaded at run time (DESIGN §11):
+//! `$PACKRAT_OPENVINO` (the library or its folder), else the path baked in at build time.
+//!
+//! Every instance thread compiles its own model with `INFERENCE_NUM_THREADS = t`, one stream,
+//! the LATENCY hint, and OpenVINO's own CPU pinning off: the instance thread is already pinned to
+//! its cores, and OpenVINO's pinning would place every compiled model on the same first cores.
+//! Precision is explicit: `INFERENCE_PRECISION_HINT` is f32 unless the model asks for bf16
+//! (OpenVINO's default on AMX/AVX512-BF16 CPUs is bf16).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use anyhow::{anyhow, bail, Context, Result};
+use openvino::{Core, DeviceType, ElementType, InferRequest, RwPropertyKey, Shape};
+use tch::{Kind, Tensor};
+
+use super::{Backend, InputSpec, InstanceSpec, Outputs, Precision, Session};
+
+/// The OpenVINO version `packaging/setup-openvino.sh` installs.
+pub const OPENVINO_VERSION: &str = "2026.4.0";
+
+/// Where the runtime is looked for: `$PACKRAT_OPENVINO` when set (and then only there), else
+/// the path baked in at build time.
+pub fn library_path() -> PathBuf {
+    std::env::var_os("PACKRAT_OPENVINO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("PACKRAT_OPENVINO_LIB")))
+}
+
+static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
+
+fn load_library() -> Result<()> {
+    LOADED
+        .get_or_init(|| {
+            let path = library_path();
+            if !path.exists() {
+                return Err(format!(
+                    "the OpenVINO runtime is not installed (looked for {})",
+                    path.display()
+                ));
+            }
+            openvino_sys::library::load_from(&path)
+                .map_err(|e| format!("cannot load OpenVINO from {}: {e}", path.display()))
+        })
+        .clone()
+        .map_err(|e| anyhow!("{e}"))
+}
+
+fn element_type(kind: Kind) -> Option<ElementType> {
+    Some(match kind {
+        Kind::Float => ElementType::F32,
+        Kind::Double => ElementType::F64,
+        Kind::Half => ElementType::F16,
+        Kind::BFloat16 => ElementType::Bf16,
+        Kind::Int64 => ElementType::I64,
+        Kind::Int => ElementType::I32,
+        Kind::Int16 => ElementType::I16,
+        Kind::Int8 => ElementType::I8,
+        Kind::Uint8 => ElementType::U8,
+        Kind::Bool => ElementType::Boolean,
+        _ => return None,
+    })
+}
+
+fn kind_of(ty: ElementType) -> Option<Kind> {
+    Some(match ty {
+        ElementType::F32 => Kind::Float,
+        ElementType::F64 => Kind::Double,
+        ElementType::F16 => Kind::Half,
+        ElementType::Bf16 => Kind::BFloat16,
+        ElementType::I64 => Kind::Int64,
+        ElementType::I32 => Kind::Int,
+        ElementType::I16 => Kind::Int16,
+        ElementType::I8 => Kind::Int8,
+        ElementType::U8 => Kind::Uint8,
+        ElementType::Boolean => Kind::Bool,
+        _ => return None,
+    })
+}
+
+fn ov<T>(r: std::result::Result<T, openvino::InferenceError>) -> Result<T> {
+    r.map_err(|e| anyhow!("{e}"))
+}
+
+pub(super) struct OpenVino {
+    model: PathBuf,
+    /// The IR's weights (`.bin` beside the `.xml`); empty for ONNX.
+    weights: String,
+    precision: Precision,
+    /// Compiling changes the core's CPU properties, so one compile at a time.
+    core: Mutex<Core>,
+}
+
+impl OpenVino {
+    /// Reads `path` once to check it against the declared inputs (count, dtypes, ranks).
+    pub(super) fn load(
+        path: &Path,
+        inputs: &[InputSpec],
+        precision: Precision,
+    ) -> Result<OpenVino> {
+        load_library()?;
+        let mut core = Core::new().map_err(|e| anyhow!("cannot start OpenVINO: {e}"))?;
+        let weights = match path.extension().and_then(|e| e.to_str()) {
+            Some("xml") => {
+                let bin = path.with_extension("bin");
+                if !bin.is_file() {
+                    bail!("the IR's weights {} are missing", bin.display());
+                }
+                bin.display().to_string()
+            }
+            _ => String::new(),
+        };
+        let model_path = path.to_str().context("a model path that is not UTF-8")?;
+        let model = ov(core.read_model_from_file(model_path, &weights)).with_context(|| {
+            format!(
+                "'{}' is not a model OpenVINO can read (ONNX or IR .xml)",
+                path.display()
+            )
+        })?;
+        let n = ov(model.get_inputs_len())?;
+        if n != inputs.len() {
+            bail!(
+                "the model takes {n} inputs but {} are declared",
+                inputs.len()
+            );
+        }
+        for (k, spec) in inputs.iter().enumerate() {
+            let node = ov(model.get_input_by_index(k))?;
+            let ty = ov(node.get_element_type())?;
+            if kind_of(ty) != Some(spec.dtype) {
+                bail!(
+                    "input {k} is {ty:?} in the model but declared {:?}",
+                    spec.dtype
+                );
+            }
+            let rank = ov(node.get_partial_shape())?.get_dimensions().len();
+            if rank != spec.shape.len() + 1 {
+                bail!(
+                    "input {k} has {rank} dimensions in the model; the declared shape {:?} plus the batch has {}",
+                    spec.shape,
+                    spec.shape.len() + 1
+                );
+            }
+        }
+        Ok(OpenVino {
+            model: path.to_path_buf(),
+            weights,
+            precision,
+            core: Mutex::new(core),
+        })
+    }
+}
+
+impl Backend for OpenVino {
+    fn open(&self, spec: &InstanceSpec) -> Result<Box<dyn Session>> {
+        let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+        let cpu = DeviceType::CPU;
+        let threads = spec.threads.max(1).to_string();
+        let precision = match self.precision {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        };
+        for (key, value) in [
+            (RwPropertyKey::InferenceNumThreads, threads.as_str()),
+            (RwPropertyKey::NumStreams, "1"),
+            (RwPropertyKey::HintPerformanceMode, "LATENCY"),
+            (RwPropertyKey::HintEnableCpuPinning, "NO"),
+            (RwPropertyKey::HintInferencePrecision, precision),
+        ] {
+            ov(core.set_property(&cpu, &key, value))
+                .with_context(|| format!("cannot set OpenVINO's {}", key.as_ref()))?;
+        }
+        let path = self
+            .model
+            .to_str()
+            .context("a model path that is not UTF-8")?;
+        let model = ov(core.read_model_from_file(path, &self.weights))?;
+        let mut compiled = ov(core.compile_model(&model, cpu))
+            .with_context(|| format!("OpenVINO cannot compile {}", self.model.display()))?;
+        let mut outputs = Vec::new();
+        for i in 0..ov(compiled.get_output_size())? {
+            outputs.push(ov(ov(compiled.get_output_by_index(i))?.get_name())?);
+        }
+        let request = ov(compiled.create_infer_request())?;
+        Ok(Box::new(OpenVinoSession {
+            request,
+            outputs,
+            threads: spec.threads.max(1) as i32,
+        }))
+    }
+}
+
+struct OpenVinoSession {
+    request: InferRequest,
+    outputs: Vec<String>,
+    threads: i32,
+}
+
+impl Session for OpenVinoSession {
+    fn run(&mut self, inputs: &[Tensor]) -> Result<Outputs> {
+        for (i, t) in inputs.iter().enumerate() {
+            let ty = element_type(t.kind())
+                .ok_or_else(|| anyhow!("dtype {:?} has no OpenVINO equivalent", t.kind()))?;
+            let t = t.f_contiguous()?;
+            let mut v = ov(openvino::Tensor::new(ty, &ov(Shape::new(&t.size()))?))?;
+            let dst = ov(v.get_raw_data_mut())?;
+            let bytes = t.numel() * t.kind().elt_size_in_bytes();
+            if dst.len() != bytes {
+                bail!("OpenVINO allocated {} bytes for {bytes}", dst.len());
+            }
+            t.f_copy_data_u8(dst, t.numel())?;
+            ov(self.request.set_input_tensor_by_index(i, &v))?;
+        }
+        ov(self.request.infer()).context("the model's forward pass failed")?;
+        let mut out = Vec::with_capacity(self.outputs.len());
+        for (i, name) in self.outputs.iter().enumerate() {
+            let v = ov(self.request.get_output_tensor_by_index(i))?;
+            let ty = ov(v.get_element_type())?;
+            let kind = kind_of(ty).ok_or_else(|| {
+                anyhow!("output '{name}' has dtype {ty:?}, which packrat cannot write")
+            })?;
+            let dims = ov(v.get_shape())?.get_dimensions().to_vec();
+            out.push((
+                name.clone(),
+                Tensor::f_from_data_size(ov(v.get_raw_data())?, &dims, kind)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    fn observed_threads(&self) -> i32 {
+        self.threads
+    }
+}
