@@ -34,6 +34,9 @@ pub mod defaults {
     pub const MAX_BATCH: usize = 64;
     pub const MAX_JOB_BYTES: u64 = 1 << 30;
     pub const PROFILE_BUDGET_S: f64 = 60.0;
+    /// `precision = "auto"` serves bf16 while its outputs stay within 1 % of the largest f32
+    /// output (ResNet-50 drifts 0.4–0.8 % here; a model that loses more falls back to f32).
+    pub const BF16_TOLERANCE: f64 = 0.01;
     pub const DTYPE: &str = "float32";
 
     pub fn rescan_interval_ms() -> u64 {
@@ -53,6 +56,9 @@ pub mod defaults {
     }
     pub fn profile_budget_s() -> f64 {
         PROFILE_BUDGET_S
+    }
+    pub fn bf16_tolerance() -> f64 {
+        BF16_TOLERANCE
     }
 }
 
@@ -92,6 +98,8 @@ struct RawModel {
     plan: Option<toml::Value>,
     #[serde(default = "defaults::profile_budget_s")]
     profile_budget_s: f64,
+    #[serde(default = "defaults::bf16_tolerance")]
+    bf16_tolerance: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,11 +130,32 @@ pub enum PlanChoice {
     Fixed(Vec<FixedInstance>),
 }
 
+/// The precision a config asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrecisionChoice {
+    F32,
+    Bf16,
+    /// bf16 while its drift from f32 stays within `bf16_tolerance`, else f32.
+    Auto,
+}
+
+impl PrecisionChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            PrecisionChoice::F32 => "f32",
+            PrecisionChoice::Bf16 => "bf16",
+            PrecisionChoice::Auto => "auto",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub name: String,
     pub source: ModelSource,
-    pub precision: Precision,
+    pub precision: PrecisionChoice,
+    /// For `auto`: the largest drift of bf16 from f32 (relative to the largest f32 output).
+    pub bf16_tolerance: f64,
     pub inputs: Vec<InputSpec>,
     pub max_batch: usize,
     pub max_job_bytes: u64,
@@ -148,14 +177,9 @@ pub struct Config {
 }
 
 impl ModelConfig {
-    /// Loads the model on its engine.
-    pub fn load(&self) -> anyhow::Result<Model> {
-        Model::load(
-            &self.name,
-            &self.source,
-            self.inputs.clone(),
-            self.precision,
-        )
+    /// Loads the model on its engine in `precision`.
+    pub fn load(&self, precision: Precision) -> anyhow::Result<Model> {
+        Model::load(&self.name, &self.source, self.inputs.clone(), precision)
     }
 }
 
@@ -319,6 +343,16 @@ fn model(i: usize, m: RawModel, cores: Option<&[usize]>) -> Result<ModelConfig, 
     }
     let plan = plan(&f("plan"), m.plan.as_ref(), cores)?;
     let budget = m.profile_budget_s;
+    if !(m.bf16_tolerance > 0.0 && m.bf16_tolerance < 1.0) {
+        return refuse(
+            f("bf16_tolerance"),
+            format!("{} is not a fraction between 0 and 1", m.bf16_tolerance),
+            format!(
+                "leave it out ({}) or write e.g. bf16_tolerance = 0.02 (2 % of the largest f32 output)",
+                defaults::BF16_TOLERANCE
+            ),
+        );
+    }
     if !(budget.is_finite() && budget > 0.0) {
         return refuse(
             f("profile_budget_s"),
@@ -333,6 +367,7 @@ fn model(i: usize, m: RawModel, cores: Option<&[usize]>) -> Result<ModelConfig, 
         name: m.name,
         source,
         precision,
+        bf16_tolerance: m.bf16_tolerance,
         inputs,
         max_batch: m.max_batch,
         max_job_bytes: m.max_job_bytes,
@@ -406,19 +441,20 @@ fn source(
     })
 }
 
-fn precision(field: &str, p: Option<&str>, engine: EngineKind) -> Result<Precision, Refusal> {
+fn precision(field: &str, p: Option<&str>, engine: EngineKind) -> Result<PrecisionChoice, Refusal> {
     let precision = match p {
-        None | Some("f32") => Precision::F32,
-        Some("bf16") => Precision::Bf16,
+        None | Some("f32") => PrecisionChoice::F32,
+        Some("bf16") => PrecisionChoice::Bf16,
+        Some("auto") => PrecisionChoice::Auto,
         Some(other) => {
             return refuse(
                 field,
                 format!("there is no precision '{other}'"),
-                "write precision = \"f32\" (the default) or precision = \"bf16\"",
+                "write precision = \"f32\" (the default), \"bf16\" or \"auto\"",
             )
         }
     };
-    if precision == Precision::Bf16 && !engine.has_bf16() {
+    if precision == PrecisionChoice::Bf16 && !engine.has_bf16() {
         let with: Vec<&str> = EngineKind::ALL
             .iter()
             .filter(|e| e.has_bf16())
@@ -665,7 +701,12 @@ mod tests {
             "source = \"builtin:tiny_cnn\"\nprecision = \"bf16\"",
         ))
         .unwrap();
-        assert_eq!(bf16.models[0].precision, Precision::Bf16);
+        assert_eq!(bf16.models[0].precision, PrecisionChoice::Bf16);
+        let auto = model(&onnx, "precision = \"auto\"\nbf16_tolerance = 0.05").unwrap();
+        assert_eq!(auto.models[0].precision, PrecisionChoice::Auto);
+        assert_eq!(auto.models[0].bf16_tolerance, 0.05);
+        let (field, _) = model(&onnx, "precision = \"auto\"\nbf16_tolerance = 2.0").unwrap_err();
+        assert_eq!(field, "model[0].bf16_tolerance");
     }
 
     #[test]

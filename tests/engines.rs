@@ -306,3 +306,64 @@ fn openvino_threads_inherit_their_instances_cores() {
         );
     }
 }
+
+#[test]
+fn auto_precision_picks_bf16_where_it_is_harmless_and_f32_where_it_is_not() {
+    let m = models();
+    let benign = openvino_agent(
+        m.path(),
+        "cnn.onnx",
+        "plan = \"baseline\"\nprecision = \"auto\"\nbf16_tolerance = 0.05",
+    );
+    let p = &benign.status()["models"][0]["precision"];
+    assert_eq!(
+        (p["requested"].as_str(), p["in_use"].as_str()),
+        (Some("auto"), Some("bf16"))
+    );
+    assert!(p["bf16_drift"].as_f64().unwrap() < 0.05, "{p}");
+    drop(benign);
+    let sensitive = onnx_agent(
+        m.path(),
+        "sensitive.onnx",
+        "engine = \"openvino\"\ninput = [64]\nplan = \"baseline\"\nprecision = \"auto\"",
+    );
+    let p = &sensitive.status()["models"][0]["precision"];
+    assert_eq!(p["in_use"], "f32", "{p}");
+    assert!(p["bf16_drift"].as_f64().unwrap() > 0.01, "{p}");
+    assert!(
+        p["reason"].as_str().unwrap().contains("example inputs"),
+        "{p}"
+    );
+    assert!(
+        sensitive.log().contains("precision auto: f32"),
+        "{}",
+        sensitive.log()
+    );
+}
+
+#[test]
+fn auto_precision_falls_back_to_f32_when_a_real_job_drifts() {
+    let m = models();
+    let agent = onnx_agent(
+        m.path(),
+        "trap.onnx",
+        "engine = \"openvino\"\ninput = [2]\nplan = \"baseline\"\nprecision = \"auto\"\nbf16_tolerance = 0.05",
+    );
+    assert_eq!(agent.status()["models"][0]["precision"]["in_use"], "bf16");
+    // Equal columns: 1000.25·x − 1000·x = 0.25·x, which bf16 (1000.25 → 1000) turns into 0.
+    let x = Tensor::from_slice(&[1.0f32, 1.0, 2.0, 2.0, 3.0, 3.0]).reshape([3, 2]);
+    let first = agent.submit("a.npy", &[("x".into(), x.shallow_clone())]);
+    agent.wait(&first).unwrap();
+    let st = agent.status_when(|st| st["models"][0]["precision"]["in_use"] == "f32");
+    let p = &st["models"][0]["precision"];
+    assert!(p["reason"].as_str().unwrap().contains("real job"), "{p}");
+    assert_eq!(p["jobs_checked"], 1);
+    // From now on the model answers in f32.
+    let second = agent.submit("b.npy", &[("x".into(), x)]);
+    let got = read(&agent.wait(&second).unwrap()).remove(0).1;
+    let want = Tensor::from_slice(&[0.25f32, 0.5, 0.75]).reshape([3, 1]);
+    assert_close(&got, &want);
+    assert!(std::fs::read_to_string(agent.state().join("metrics.prom"))
+        .unwrap()
+        .contains("packrat_precision_bf16{model=\"m\"} 0"));
+}

@@ -48,10 +48,10 @@ def fmt(x):
 for model in sorted({m for m, _ in runs}):
     systems = sorted({s for m, s in runs if m == model})
     batches = sorted({b for (m, s), rows in runs.items() if m == model for b in rows})
-    ours = [s for s in systems if s.startswith("packrat") and s.endswith("plan")]
+    ours = [s for s in systems if s.startswith("packrat") and s.endswith("plan") and "bf16" not in s]
     rounds = max(len(v) for (m, s), rows in runs.items() if m == model for v in rows.values())
     print(f"\n### {model} (median ms of a whole batch; median over {rounds} interleaved rounds)\n")
-    cols = [s for s in systems if s.startswith("packrat")] + [p for p in F32_PEERS if p in systems]
+    cols = [s for s in systems if s.startswith("packrat") and "bf16" not in s] + [p for p in F32_PEERS if p in systems]
     print("| B | " + " | ".join(cols) + " | best f32 peer | packrat best / best f32 peer | GFLOP/s packrat |")
     print("|---:|" + "---:|" * (len(cols) + 3))
     ratios = []
@@ -67,17 +67,33 @@ for model in sorted({m for m, _ in runs}):
     if ratios:
         geo = statistics.geometric_mean(ratios)
         print(f"\ngeometric mean over B ≥ 2 of packrat's best plan / the best f32 peer: **{geo:.3f}**")
-    dflt = [p for p in DEFAULT_PEERS if p in systems] + [s for s in systems if "bf16" in s]
+    ov_peers = [p for p in DEFAULT_PEERS if p in systems]
+    dflt = [s for s in systems if "bf16" in s] + ov_peers
     if dflt:
-        print(f"\n{model}, OpenVINO's default precision (bf16 on this CPU) — ms and GFLOP/s:\n")
-        print("| B | " + " | ".join(dflt) + " |")
-        print("|---:|" + "---:|" * len(dflt))
+        print(f"\n{model}, bf16 (OpenVINO's default precision on this CPU) — ms (GFLOP/s):\n")
+        print("| B | " + " | ".join(dflt) + " | packrat plan / best OpenVINO config |")
+        print("|---:|" + "---:|" * (len(dflt) + 1))
+        bf16_plan = next((s for s in dflt if s.endswith("plan")), None)
+        ours_all, theirs = [], defaultdict(list)
         for b in batches:
             cells = []
             for s in dflt:
                 x = med(model, s, b)
                 cells.append("–" if x is None else f"{x:.1f} ({GFLOP.get(model, 0) * b / x * 1e3:.0f})")
-            print(f"| {b} | " + " | ".join(cells) + " |")
+            best = min((x for x in (med(model, p, b) for p in ov_peers) if x is not None), default=None)
+            mine = med(model, bf16_plan, b) if bf16_plan else None
+            ratio = mine / best if mine and best else None
+            if mine and b <= 16:
+                ours_all.append(mine)
+                for p in ov_peers:
+                    if med(model, p, b):
+                        theirs[p].append(med(model, p, b))
+            print(f"| {b} | " + " | ".join(cells) + f" | {'–' if ratio is None else f'{ratio:.2f}'} |")
+        full = {p: v for p, v in theirs.items() if len(v) == len(ours_all)}
+        if ours_all and full:
+            best_single = min(full, key=lambda p: statistics.geometric_mean(full[p]))
+            geo = statistics.geometric_mean([a / b for a, b in zip(ours_all, full[best_single])])
+            print(f"\ngeometric mean over B = 1…16 of packrat bf16 plan / the best single OpenVINO configuration ({best_single}): **{geo:.3f}**")
     fig, ax = plt.subplots(figsize=(8, 5))
     for s in systems:
         pts = [(b, med(model, s, b)) for b in batches if med(model, s, b)]

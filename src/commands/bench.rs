@@ -13,13 +13,12 @@ use plotters::prelude::*;
 use serde::Serialize;
 use tch::Tensor;
 
-use crate::config::{Config, ModelConfig, PlanChoice};
-use crate::engine::{
-    relative_difference, InstancePool, InstanceSet, InstanceSpec, Model, Precision,
-};
+use crate::config::{Config, PlanChoice};
+use crate::engine::{InstancePool, InstanceSet, InstanceSpec, Model};
 use crate::planner::stats::percentile;
 use crate::planner::{Plan, PlanTable};
 use crate::runtime::plans::{build_plans, layout, Profiling};
+use crate::runtime::precision::resolve;
 
 const MAX_ROUNDS: usize = 41;
 
@@ -100,19 +99,16 @@ pub fn run(args: &Args) -> Result<i32> {
     mc.max_batch = mc.max_batch.max(max_b);
     tch::set_num_interop_threads(1);
     let topo = cfg.topology()?;
-    let model = Arc::new(mc.load()?);
-    let drift = match mc.precision {
-        Precision::F32 => None,
-        p => {
-            let d = drift_vs_f32(&mc, &model)?;
-            println!(
-                "{} drift against f32 on example inputs: {:.3} % of the largest f32 output",
-                p.name(),
-                d * 100.0
-            );
-            Some(d)
-        }
-    };
+    let resolved = resolve(&mc)?;
+    let (model, precision) = (resolved.model, resolved.status);
+    if let Some(d) = precision.bf16_drift {
+        println!(
+            "precision {} ({} requested): bf16 drift against f32 on example inputs {:.3} % of the largest f32 output",
+            precision.in_use,
+            precision.requested,
+            d * 100.0
+        );
+    }
     let mut progress = |done: usize, total: usize, _: std::time::Duration, what: &str| {
         log::info!("profiling {}: point {done}/{total} {what}", mc.name);
     };
@@ -171,24 +167,12 @@ pub fn run(args: &Args) -> Result<i32> {
     std::fs::write(
         stem.with_extension("json"),
         serde_json::to_string_pretty(
-            &serde_json::json!({"model": mc.name, "engine": model.engine.name(), "precision": mc.precision.name(), "drift_vs_f32": drift, "cores": n, "rounds": args.rounds, "rounds_used": rounds_used, "geomean_speedup": geo, "rows": rows}),
+            &serde_json::json!({"model": mc.name, "engine": model.engine.name(), "precision": precision.in_use, "drift_vs_f32": precision.bf16_drift, "cores": n, "rounds": args.rounds, "rounds_used": rounds_used, "geomean_speedup": geo, "rows": rows}),
         )?,
     )?;
     plot(&stem.with_extension("svg"), &mc.name, n, &rows)?;
     println!("wrote {}.{{csv,json,svg}}", stem.display());
     Ok(0)
-}
-
-/// How far the model's outputs are from the same model's in f32, on example inputs (max |Δ|
-/// over max |f32 output|).
-fn drift_vs_f32(mc: &ModelConfig, model: &Model) -> Result<f64> {
-    let f32 = ModelConfig {
-        precision: Precision::F32,
-        ..mc.clone()
-    }
-    .load()?;
-    let xs = f32.example_inputs(4);
-    relative_difference(&f32.forward(&xs)?, &model.forward(&xs)?)
 }
 
 /// Times the baseline `a` and the plan `p` on a batch, interleaved (ABBA), and the whole batch

@@ -2,7 +2,6 @@
 //! the profile where the agent will find it.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -11,6 +10,7 @@ use crate::config::Config;
 use crate::planner::profile::ProfileFile;
 use crate::profiler;
 use crate::runtime::plans::profile_key;
+use crate::runtime::precision::resolve;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -32,8 +32,8 @@ pub fn run(args: &Args) -> Result<i32> {
         .with_context(|| format!("no model '{}' in {}", args.model, args.config.display()))?;
     tch::set_num_interop_threads(1);
     let topo = cfg.topology()?;
-    let model = Arc::new(mc.load()?);
-    let key = profile_key(mc, &topo)?;
+    let model = resolve(mc)?.model;
+    let key = profile_key(mc, model.precision, &topo)?;
     let path = profiler::profile_path(&cfg.state_dir, &mc.name);
     if !args.force {
         if let Some(p) = profiler::cached(&cfg.state_dir, &key) {

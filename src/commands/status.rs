@@ -65,6 +65,27 @@ pub fn run(args: &Args) -> Result<i32> {
                 ms(p.predicted_latency_ms)
             );
         }
+        let p = &m.precision;
+        let drift = p
+            .bf16_drift
+            .map(|d| format!("; bf16 drift from f32 {:.3} %", d * 100.0))
+            .unwrap_or_default();
+        let checked = if p.jobs_checked > 0 {
+            format!(" ({} real jobs checked)", p.jobs_checked)
+        } else {
+            String::new()
+        };
+        let tolerance = p
+            .tolerance
+            .map(|t| format!(", tolerance {:.2} %", t * 100.0))
+            .unwrap_or_default();
+        println!(
+            "  engine {}, precision {} ({} requested{tolerance}){drift}{checked}",
+            m.engine, p.in_use, p.requested
+        );
+        if let Some(why) = &p.reason {
+            println!("    why: {why}");
+        }
         if let Some(e) = m.prediction_error_pct {
             println!("  measured vs predicted batch latency: {e:+.1}% (median of recent batches)");
         }

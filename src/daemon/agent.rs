@@ -14,6 +14,7 @@ use crate::engine::{EngineKind, Model};
 use crate::planner::topology::Topology;
 use crate::planner::PlanTable;
 use crate::runtime::plans::{build_plans, log_plans, Profiling};
+use crate::runtime::precision::resolve;
 use crate::runtime::ModelRuntime;
 use crate::spool::{Folder, Spool};
 
@@ -44,12 +45,13 @@ impl Agent {
             notifier.status(&format!("loading model {}", mc.name));
             let t0 = Instant::now();
             // The config pointed at something the engine cannot run: a config error (exit 78).
-            let model = Arc::new(mc.load().map_err(|e| ConfigError {
+            let resolved = resolve(mc).map_err(|e| ConfigError {
                 file: config.path.display().to_string(),
                 field: format!("model[{i}].source"),
                 problem: format!("{e:#}"),
                 fix: load_fix(mc.source.engine()).into(),
-            })?);
+            })?;
+            let model = resolved.model.clone();
             log::info!(
                 "model {}: loaded {} in {:.1} s",
                 mc.name,
@@ -59,7 +61,7 @@ impl Agent {
             let spool = Spool::open(config.spool.join(&mc.name), config.keep_inputs)?;
             spool.clean_tmp(Duration::from_secs(config.tmp_max_age_s));
             let table = Self::plan(&config, &topo, &notifier, mc, &model, Profiling::Allowed)?;
-            let rt = Arc::new(ModelRuntime::new(mc.clone(), model, spool, table));
+            let rt = Arc::new(ModelRuntime::new(mc.clone(), resolved, spool, table));
             notifier.status(&format!("warming up model {}", mc.name));
             rt.warm_up()?;
             let recovered = rt.recover()?;
@@ -189,7 +191,7 @@ impl Agent {
                 &self.topo,
                 &self.notifier,
                 mc,
-                rt.model(),
+                &rt.model(),
                 Profiling::CachedOnly,
             ) {
                 Ok(table) => rt.set_plans(table),

@@ -64,6 +64,7 @@ impl Status {
             "# TYPE packrat_jobs_done_total counter\n# TYPE packrat_jobs_failed_total counter\n",
         );
         s.push_str("# TYPE packrat_queue_depth gauge\n# TYPE packrat_job_latency_ms gauge\n# TYPE packrat_instances gauge\n");
+        s.push_str("# TYPE packrat_precision_bf16 gauge\n# TYPE packrat_bf16_drift_ratio gauge\n");
         for m in &self.models {
             let l = format!("model=\"{}\"", m.name);
             s.push_str(&format!("packrat_jobs_done_total{{{l}}} {}\n", m.jobs_done));
@@ -76,6 +77,13 @@ impl Status {
                 "packrat_instances{{{l}}} {}\n",
                 m.plan_max_batch.instances.len()
             ));
+            s.push_str(&format!(
+                "packrat_precision_bf16{{{l}}} {}\n",
+                u8::from(m.precision.in_use == "bf16")
+            ));
+            if let Some(d) = m.precision.bf16_drift {
+                s.push_str(&format!("packrat_bf16_drift_ratio{{{l}}} {d:.6}\n"));
+            }
             for (q, v) in [("0.5", m.latency_p50_ms), ("0.99", m.latency_p99_ms)] {
                 if let Some(v) = v {
                     s.push_str(&format!(

@@ -120,7 +120,11 @@ fn model_error(e: anyhow::Error) -> JobError {
 
 fn run_group(rt: &ModelRuntime, group: Vec<Loaded>) {
     let result = if group.len() == 1 {
-        run_one(rt, &group[0]).map(|o| vec![o])
+        let out = run_one(rt, &group[0]);
+        if let Ok(out) = &out {
+            rt.check_precision(&group[0].inputs, out);
+        }
+        out.map(|o| vec![o])
     } else {
         run_coalesced(rt, &group)
     };

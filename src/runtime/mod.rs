@@ -8,10 +8,11 @@
 
 mod dispatcher;
 pub mod plans;
+pub mod precision;
 pub mod queue;
 pub mod stats;
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -24,6 +25,7 @@ use crate::engine::{InstanceInfo, InstancePool, Model, Outputs};
 use crate::planner::{Plan, PlanSource, PlanTable};
 use crate::spool::{Claim, Job, JobError, Spool};
 use plans::{layout, PlanState};
+use precision::{PrecisionStatus, Resolved};
 use queue::JobQueue;
 use stats::{Drift, Stats};
 
@@ -52,39 +54,92 @@ pub struct ModelStatus {
     pub latency_p99_ms: Option<f64>,
     /// Median (measured − predicted) / predicted of the last 50 planned batches, in %.
     pub prediction_error_pct: Option<f64>,
+    pub engine: String,
+    pub precision: PrecisionStatus,
 }
 
 pub struct ModelRuntime {
     pub cfg: ModelConfig,
     pub spool: Spool,
     plans: PlanState,
-    pool: InstancePool,
+    /// Replaced whole when `auto` precision falls back to f32.
+    pool: RwLock<Arc<InstancePool>>,
     queue: JobQueue,
     stats: Mutex<Stats>,
     drift: Mutex<Drift>,
+    precision: Mutex<PrecisionStatus>,
+    /// The f32 twin an `auto` model checks real jobs against, while it serves bf16.
+    twin: Mutex<Option<Arc<Model>>>,
 }
 
 impl ModelRuntime {
     pub fn new(
         cfg: ModelConfig,
-        model: Arc<Model>,
+        resolved: Resolved,
         spool: Spool,
         table: PlanTable,
     ) -> ModelRuntime {
-        let pool = InstancePool::new(model, &cfg.name, MAX_SETS);
+        let pool = InstancePool::new(resolved.model, &cfg.name, MAX_SETS);
         ModelRuntime {
             cfg,
             spool,
             plans: PlanState::new(table),
-            pool,
+            pool: RwLock::new(Arc::new(pool)),
             queue: JobQueue::default(),
             stats: Mutex::new(Stats::default()),
             drift: Mutex::new(Drift::default()),
+            precision: Mutex::new(resolved.status),
+            twin: Mutex::new(resolved.twin),
         }
     }
 
-    pub fn model(&self) -> &Arc<Model> {
-        self.pool.model()
+    fn pool(&self) -> Arc<InstancePool> {
+        self.pool
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub fn model(&self) -> Arc<Model> {
+        self.pool().model().clone()
+    }
+
+    /// For `auto` precision while bf16 serves: checks one real job (its inputs and what was
+    /// served) against the f32 twin, when nothing waits and fewer than
+    /// [`precision::JOB_CHECKS`] were checked; past the tolerance, switches to f32.
+    fn check_precision(&self, inputs: &[Tensor], served: &Outputs) {
+        let mut twin = self.twin.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(f32) = twin.clone() else { return };
+        let mut status = self.precision.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.queue.is_empty() || status.jobs_checked >= precision::JOB_CHECKS {
+            return;
+        }
+        match precision::check_job(&f32, &mut status, inputs, served) {
+            Ok(None) => {
+                if status.jobs_checked == precision::JOB_CHECKS {
+                    *twin = None; // enough evidence: free the twin
+                }
+            }
+            Ok(Some(why)) => {
+                log::warn!(
+                    "model {}: precision auto: switching to f32 ({why})",
+                    self.cfg.name
+                );
+                status.in_use = f32.precision.name().into();
+                status.reason = Some(why);
+                *twin = None;
+                drop(status);
+                *self.pool.write().unwrap_or_else(|p| p.into_inner()) =
+                    Arc::new(InstancePool::new(f32, &self.cfg.name, MAX_SETS));
+                if let Err(e) = self.warm_up() {
+                    log::error!("model {}: warm-up in f32 failed: {e:#}", self.cfg.name);
+                }
+            }
+            Err(e) => log::warn!(
+                "model {}: cannot check bf16 against f32: {e:#}",
+                self.cfg.name
+            ),
+        }
     }
 
     fn stats(&self) -> MutexGuard<'_, Stats> {
@@ -99,7 +154,7 @@ impl ModelRuntime {
     /// exit once the batch in flight, if any, is done with them).
     pub fn set_plans(&self, table: PlanTable) {
         self.plans.set(table);
-        self.pool.retain(&self.plans.layouts());
+        self.pool().retain(&self.plans.layouts());
     }
 
     /// Starts the instance sets of the most useful plans (max_batch first) and runs each once,
@@ -113,7 +168,7 @@ impl ModelRuntime {
                 .rev()
                 .find(|p| layout(p) == l)
                 .context("a layout without a plan")?;
-            let set = self.pool.get(&l)?;
+            let set = self.pool().get(&l)?;
             set.run(
                 &self.model().example_inputs(plan.batch as i64),
                 &plan.shares(),
@@ -156,7 +211,7 @@ impl ModelRuntime {
     /// its latency against the plan's prediction.
     pub fn run_batch(&self, inputs: &[Tensor], items: usize) -> Result<Outputs> {
         let plan = self.plans.for_batch(items);
-        let set = self.pool.get(&layout(&plan))?;
+        let set = self.pool().get(&layout(&plan))?;
         let t0 = Instant::now();
         let out = set.run(inputs, &plan.shares())?;
         let took = t0.elapsed();
@@ -217,7 +272,7 @@ impl ModelRuntime {
 
     /// Live instance threads (tids, cores, thread counts), most recently used set first.
     pub fn instance_infos(&self) -> Vec<InstanceInfo> {
-        self.pool.infos()
+        self.pool().infos()
     }
 
     pub fn status(&self) -> ModelStatus {
@@ -244,6 +299,12 @@ impl ModelRuntime {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .recent_error_pct(),
+            engine: self.model().engine.name().into(),
+            precision: self
+                .precision
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 
 use crate::config::{ModelConfig, PlanChoice};
-use crate::engine::{InstanceSpec, Model};
+use crate::engine::{InstanceSpec, Model, Precision};
 use crate::planner::profile::ProfileFile;
 use crate::planner::topology::Topology;
 use crate::planner::{Plan, PlanTable};
@@ -34,22 +34,23 @@ pub fn layout(plan: &Plan) -> Vec<InstanceSpec> {
         .collect()
 }
 
-fn subject(cfg: &ModelConfig) -> Subject<'_> {
+fn subject(cfg: &ModelConfig, precision: Precision) -> Subject<'_> {
     Subject {
         name: &cfg.name,
         source: &cfg.source,
-        precision: cfg.precision,
+        precision,
         inputs: &cfg.inputs,
         max_batch: cfg.max_batch,
     }
 }
 
-/// The profile key of a configured model on `topo`.
+/// The profile key of a configured model, served in `precision`, on `topo`.
 pub fn profile_key(
     cfg: &ModelConfig,
+    precision: Precision,
     topo: &Topology,
 ) -> Result<crate::planner::profile::ProfileKey> {
-    profiler::profile_key(&subject(cfg), topo)
+    profiler::profile_key(&subject(cfg, precision), topo)
 }
 
 /// The plan table for a model, per its config. `Auto` reuses the cached profile or, when
@@ -75,7 +76,7 @@ pub fn build_plans(
             })
         }
         PlanChoice::Auto if profiling == Profiling::CachedOnly => {
-            let key = profile_key(cfg, topo)?;
+            let key = profile_key(cfg, model.precision, topo)?;
             let profile = profiler::cached(state_dir, &key).ok_or_else(|| {
                 anyhow!(
                     "no valid cached profile for '{0}' (new model file, or the host changed?), and profiling now would stall serving: run `packrat profile --model {0} --config <this agent's config>` and reload, or restart the agent",
@@ -88,7 +89,7 @@ pub fn build_plans(
             let budget = Duration::from_secs_f64(cfg.profile_budget_s);
             match profiler::profile_or_cached(
                 model.clone(),
-                &subject(cfg),
+                &subject(cfg, model.precision),
                 budget,
                 topo,
                 state_dir,

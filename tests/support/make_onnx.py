@@ -84,6 +84,33 @@ np.savez(f"{out}/two_in.npz", a=a, b=b)
 y, pa = ref.run(None, {"a": a, "b": b})
 np.savez(f"{out}/two_out.npz", y=y, pa=pa)
 
+
+def matmuls(name, weights):
+    """x [N, rows of the first weight] through MatMuls by each weight in turn."""
+    nodes, prev = [], "x"
+    for k, _ in enumerate(weights):
+        nodes.append(helper.make_node("MatMul", [prev, f"W{k}"], [f"h{k}"]))
+        prev = f"h{k}"
+    nodes[-1].output[0] = "y"
+    model = helper.make_model(
+        helper.make_graph(
+            nodes,
+            name,
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", weights[0].shape[0]])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", weights[-1].shape[1]])],
+            [init(f"W{k}", w) for k, w in enumerate(weights)],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    save(model, name)
+
+
+# bf16-sensitive: y = x·a − x·(1.001 a). bf16 cannot tell a from 1.001 a, so its outputs are noise.
+a0 = f32(rng.standard_normal(64))
+matmuls("sensitive", [f32(np.stack([a0, a0 * f32(1.001)], axis=1)), f32([[1.0], [-1.0]])])
+# Benign on random inputs, sensitive on real ones: y = 1000.25·x0 − 1000·x1 cancels when x0 = x1.
+matmuls("trap", [f32([[1000.25], [-1000.0]])])
+
 with open(f"{out}/not_onnx.onnx", "w") as f:
     f.write("this is not a protobuf\n")
 
