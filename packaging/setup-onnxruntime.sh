@@ -15,18 +15,14 @@ if [[ -f "$dest/version" && "$(cat "$dest/version")" == "$ORT_VERSION" && -e "$l
     exit 0
 fi
 
-die() { echo "setup-onnxruntime: $*" >&2; exit 1; }
-
-PYTHON="${PYTHON:-python3}"
-command -v "$PYTHON" >/dev/null || die "python3 not found: install Python 3 with pip, or set PYTHON=/path/to/python3"
-"$PYTHON" -m pip --version >/dev/null 2>&1 || die "pip is missing for $PYTHON: install it (apt-get install python3-pip)"
+SETUP=setup-onnxruntime
+. "$top/packaging/pypi.sh"
+need_pip
 
 work="$dest/work"
 rm -rf "$work" "$lib"
 mkdir -p "$work" "$lib"
-echo "setup-onnxruntime: downloading onnxruntime==$ORT_VERSION from PyPI" >&2
-"$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: -d "$work" "onnxruntime==$ORT_VERSION" \
-    || die "pip download failed: check that PyPI is reachable (pip config, proxy) and retry"
+download_wheels "$work" "onnxruntime==$ORT_VERSION"
 whl="$(ls "$work"/onnxruntime-*.whl | head -n1)"
 [[ -n "$whl" ]] || die "no onnxruntime wheel was downloaded"
 "$PYTHON" - "$whl" "$lib" "$ORT_VERSION" <<'PY' || die "the wheel has no onnxruntime/capi/libonnxruntime.so.$ORT_VERSION"

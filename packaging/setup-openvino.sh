@@ -16,18 +16,14 @@ if [[ -f "$dest/version" && "$(cat "$dest/version")" == "$OV_VERSION" && -e "$li
     exit 0
 fi
 
-die() { echo "setup-openvino: $*" >&2; exit 1; }
-
-PYTHON="${PYTHON:-python3}"
-command -v "$PYTHON" >/dev/null || die "python3 not found: install Python 3 with pip, or set PYTHON=/path/to/python3"
-"$PYTHON" -m pip --version >/dev/null 2>&1 || die "pip is missing for $PYTHON: install it (apt-get install python3-pip)"
+SETUP=setup-openvino
+. "$top/packaging/pypi.sh"
+need_pip
 
 work="$dest/work"
 rm -rf "$work" "$lib"
 mkdir -p "$work" "$lib"
-echo "setup-openvino: downloading openvino==$OV_VERSION from PyPI" >&2
-"$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: -d "$work" "openvino==$OV_VERSION" \
-    || die "pip download failed: check that PyPI is reachable (pip config, proxy) and retry"
+download_wheels "$work" "openvino==$OV_VERSION"
 whl="$(ls "$work"/openvino-*.whl | head -n1)"
 [[ -n "$whl" ]] || die "no openvino wheel was downloaded"
 "$PYTHON" - "$whl" "$lib" "$OV_SO" <<'PY' || die "the wheel lacks a library packrat needs (see above)"
