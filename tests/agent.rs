@@ -372,15 +372,14 @@ fn bad_inputs_land_in_failed_with_a_reason_and_the_agent_keeps_serving() {
     for (name, why) in &expect {
         let reason = agent.wait(name).unwrap_err();
         assert!(reason.contains(why), "{name}: '{reason}' lacks '{why}'");
-        assert!(
-            agent
-                .model_dir()
-                .join("failed")
-                .join(name)
-                .symlink_metadata()
-                .is_ok(),
-            "{name} kept in failed/"
-        );
+        // The record is written first (it is the client's signal, and a crash after it
+        // leaves the job recoverable), the input moved right after it.
+        let kept = agent.model_dir().join("failed").join(name);
+        let t0 = Instant::now();
+        while kept.symlink_metadata().is_err() && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(kept.symlink_metadata().is_ok(), "{name} kept in failed/");
         let rec: serde_json::Value = serde_json::from_str(
             &fs::read_to_string(
                 agent
