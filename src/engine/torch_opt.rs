@@ -2,8 +2,10 @@
 //! `optimize_for_inference` (conv/BN folding, oneDNN layouts) by a small C++ shim
 //! (`torch_opt.cpp`), since tch exposes neither. The optimised module keeps oneDNN constants
 //! that do not survive saving, so it lives behind a handle in the shim and runs through it.
-//! It must reproduce the plain module's outputs on example inputs (float tolerance) and be
-//! faster on them; otherwise the plain module serves and the journal says why.
+//! It must reproduce the plain module's outputs on example inputs (float tolerance); otherwise
+//! the plain module serves and the journal says why. The choice never depends on timing, so
+//! every load of a model serves the same module (and the same outputs, bit for bit); the two
+//! are timed for the journal only.
 
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::os::unix::ffi::OsStrExt;
@@ -127,12 +129,19 @@ pub(super) fn plain_forward(m: &CModule, xs: &[Tensor]) -> Result<Outputs> {
     super::torch::flatten_output(tch::no_grad(|| m.forward_is(&args))?)
 }
 
-/// Example inputs that exercise the model: small random floats, zeros for integer inputs.
+/// Example inputs that exercise the model: a fixed pattern of floats in [−0.5, 0.5] (not
+/// random: the check must decide the same way at every load), zeros for integer inputs.
 pub(super) fn examples(inputs: &[InputSpec], floats: Kind) -> Vec<Tensor> {
     inputs
         .iter()
         .map(|i| match i.dtype {
-            Kind::Float => (i.zeros(2).rand_like() - 0.5).to_kind(floats),
+            Kind::Float => {
+                let shape = i.zeros(2).size();
+                let n: i64 = shape.iter().product();
+                ((Tensor::arange(n, (Kind::Float, tch::Device::Cpu)) * 0.37).sin() * 0.5)
+                    .reshape(&shape)
+                    .to_kind(floats)
+            }
             _ => i.zeros(2),
         })
         .collect()
@@ -161,8 +170,8 @@ pub(super) struct Optimized {
     pub optimized_ms: f64,
 }
 
-/// The frozen, inference-optimised version of `module`, checked against it and timed beside
-/// it; an error says why the plain module should serve instead.
+/// The frozen, inference-optimised version of `module`, checked against it and timed beside it
+/// (for the journal); an error says why the plain module should serve instead.
 pub(super) fn optimize(module: &CModule, inputs: &[InputSpec], floats: Kind) -> Result<Optimized> {
     let dir = tempfile::tempdir().context("a temporary directory for the module")?;
     let plain = dir.path().join("plain.pt");
@@ -187,15 +196,9 @@ pub(super) fn optimize(module: &CModule, inputs: &[InputSpec], floats: Kind) -> 
     if diff > tolerance {
         bail!("its outputs differ by {diff:.2e} (relative), over {tolerance:.0e}");
     }
-    // Interleaved, so that the host's drift does not favour one.
-    let (mut plain_ms, mut optimized_ms) = (f64::INFINITY, f64::INFINITY);
-    for _ in 0..2 {
-        plain_ms = plain_ms.min(time_ms(|| plain_forward(module, &xs))?);
-        optimized_ms = optimized_ms.min(time_ms(|| optimized.forward(&xs))?);
-    }
-    if optimized_ms > plain_ms {
-        bail!("it is slower ({optimized_ms:.2} ms vs {plain_ms:.2} ms at batch 2)");
-    }
+    // For the journal only (one round each, back to back).
+    let plain_ms = time_ms(|| plain_forward(module, &xs))?;
+    let optimized_ms = time_ms(|| optimized.forward(&xs))?;
     Ok(Optimized {
         module: optimized,
         plain_ms,
