@@ -60,3 +60,34 @@ fn plan_json_prints_the_plan_and_refuses_more_cores_than_profiled() {
     ]);
     assert_eq!(String::from_utf8_lossy(&sweep.stdout).lines().count(), 5);
 }
+
+#[test]
+fn plan_names_the_engine_and_precision_a_profile_was_measured_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.json");
+    std::fs::write(
+        &p,
+        r#"{"model":"m","cores":2,"framework":"openvino 2026.4.0 bf16","points":[
+            {"threads":1,"batch":1,"latency_ms":10.0},{"threads":2,"batch":1,"latency_ms":6.0}]}"#,
+    )
+    .unwrap();
+    let out = packrat(&[
+        "plan",
+        "--profile",
+        p.to_str().unwrap(),
+        "--cores",
+        "2",
+        "--batch",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("measured on openvino 2026.4.0 bf16"),
+        "{text}"
+    );
+}

@@ -76,8 +76,14 @@ pub fn run(args: &Args) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&p)?);
         return Ok(0);
     }
+    // A profile packrat measured names the engine, its version and the precision it ran in.
+    let measured_on = pf
+        .framework
+        .as_deref()
+        .map(|f| format!(", measured on {f}"))
+        .unwrap_or_default();
     println!(
-        "model {} ({} cores profiled), batch {batch} on {cores} cores — solved in {solve_ms:.2} ms",
+        "model {} ({} cores profiled{measured_on}), batch {batch} on {cores} cores — solved in {solve_ms:.2} ms",
         pf.model, pf.cores
     );
     for (i, inst) in p.instances.iter().enumerate() {
