@@ -123,6 +123,11 @@ impl InputSpec {
     }
 }
 
+/// The first line of an engine's error: libtorch appends a C++ backtrace no user needs.
+pub(crate) fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s).trim()
+}
+
 /// Concatenates outputs of consecutive slices of one batch along dimension 0, output by output.
 pub fn concat_outputs(mut parts: Vec<Outputs>) -> Result<Outputs> {
     if parts.len() == 1 {

@@ -9,7 +9,9 @@ use tch::{CModule, Kind, Tensor};
 use super::onnx::Onnx;
 use super::openvino::OpenVino;
 use super::torch::Torch;
-use super::{Backend, Builtin, EngineKind, InputSpec, InstanceSpec, Outputs, Precision, Session};
+use super::{
+    first_line, Backend, Builtin, EngineKind, InputSpec, InstanceSpec, Outputs, Precision, Session,
+};
 use crate::tensorfile::{kind_name, Named};
 
 /// Where a model comes from; it decides the engine.
@@ -72,12 +74,6 @@ pub struct Model {
     backend: Box<dyn Backend>,
 }
 
-/// The first line of a libtorch error: the rest is a C++ backtrace no user needs.
-fn first_line(e: &tch::TchError) -> String {
-    let s = e.to_string();
-    s.lines().next().unwrap_or(&s).trim().to_string()
-}
-
 impl Model {
     pub fn load(
         name: &str,
@@ -98,7 +94,7 @@ impl Model {
                     anyhow::anyhow!(
                         "cannot load TorchScript file '{}' ({}): save it with torch.jit.save(torch.jit.script(model) or torch.jit.trace(...), path)",
                         path.display(),
-                        first_line(&e)
+                        first_line(&e.to_string())
                     )
                 })?;
                 Box::new(Torch::new(name, module, &inputs, precision)?)

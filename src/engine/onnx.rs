@@ -19,37 +19,36 @@ use ort::session::Session as OrtSession;
 use ort::value::{DynTensor, TensorElementType, ValueType};
 use tch::{Kind, Tensor};
 
-use super::{Backend, InputSpec, InstanceSpec, Outputs, Session};
+use super::{first_line, Backend, InputSpec, InstanceSpec, Outputs, Session};
 
 /// The ONNX Runtime version `packaging/setup-onnxruntime.sh` installs.
 pub const ONNXRUNTIME_VERSION: &str = "1.32.0";
 
-/// Where the runtime library is looked for: `$PACKRAT_ONNXRUNTIME` when set (and then only
-/// there), else the path baked in at build time.
-pub fn library_candidates() -> Vec<PathBuf> {
-    match std::env::var_os("PACKRAT_ONNXRUNTIME") {
-        Some(p) => vec![PathBuf::from(p)],
-        None => vec![PathBuf::from(env!("PACKRAT_ORT_LIB"))],
-    }
+/// Where the runtime library is: `$PACKRAT_ONNXRUNTIME` when set, else the path baked in at
+/// build time.
+pub fn library_path() -> PathBuf {
+    std::env::var_os("PACKRAT_ONNXRUNTIME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("PACKRAT_ORT_LIB")))
 }
+
+/// Spinning pool threads gained ≤ 2 % on ResNet-50 (1×2 threads; nothing at 2×1) and burn a
+/// core a co-located instance could use (BENCHMARKS.md §6).
+const SPINNING: bool = false;
 
 static ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
 /// The process's one ONNX Runtime environment, loading the library on first use.
 fn environment() -> Result<&'static ort::environment::Environment> {
     let env = ENV.get_or_init(|| {
-        let candidates = library_candidates();
-        let lib = candidates.iter().find(|p| p.exists()).ok_or_else(|| {
-            format!(
+        let lib = library_path();
+        if !lib.exists() {
+            return Err(format!(
                 "the ONNX Runtime library is not installed (looked for {})",
-                candidates
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })?;
-        let builder = ort::init_from(lib)
+                lib.display()
+            ));
+        }
+        let builder = ort::init_from(&lib)
             .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", lib.display()))?;
         builder
             .with_name("packrat")
@@ -59,16 +58,10 @@ fn environment() -> Result<&'static ort::environment::Environment> {
     env.as_ref().map_err(|e| anyhow!("{e}"))
 }
 
-/// Whether the runtime can be loaded (for error messages that say how to fix it).
-pub fn available() -> Result<()> {
-    environment().map(|_| ())
-}
-
 pub(super) struct Onnx {
     path: PathBuf,
     /// The session's input names, in the order of the model's declared inputs.
     input_names: Vec<String>,
-    spinning: bool,
 }
 
 fn element_type(kind: Kind) -> Option<TensorElementType> {
@@ -168,13 +161,8 @@ impl Onnx {
         Ok(Onnx {
             path: path.to_path_buf(),
             input_names: names,
-            spinning: false,
         })
     }
-}
-
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or(s)
 }
 
 /// `session.intra_op_thread_affinities` for the pool threads: one 1-based processor id per
@@ -202,7 +190,7 @@ impl Backend for Onnx {
             .and_then(|b| b.with_intra_threads(t).map_err(Into::into))
             .and_then(|b| b.with_inter_threads(1).map_err(Into::into))
             .and_then(|b| b.with_parallel_execution(false).map_err(Into::into))
-            .and_then(|b| b.with_intra_op_spinning(self.spinning).map_err(Into::into))
+            .and_then(|b| b.with_intra_op_spinning(SPINNING).map_err(Into::into))
             .map_err(|e| anyhow!("cannot configure an ONNX Runtime session: {e}"))?;
         if t > 1 && spec.cores.len() == t {
             b = b

@@ -14,7 +14,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use tch::{CModule, IValue, Kind, Tensor};
 
-use super::{relative_difference, InputSpec, Outputs};
+use super::{first_line, relative_difference, InputSpec, Outputs};
 
 extern "C" {
     fn packrat_load_optimized(
@@ -175,12 +175,9 @@ pub(super) struct Optimized {
 pub(super) fn optimize(module: &CModule, inputs: &[InputSpec], floats: Kind) -> Result<Optimized> {
     let dir = tempfile::tempdir().context("a temporary directory for the module")?;
     let plain = dir.path().join("plain.pt");
-    module.save(&plain).map_err(|e| {
-        anyhow!(
-            "cannot save the module: {}",
-            e.to_string().lines().next().unwrap_or("")
-        )
-    })?;
+    module
+        .save(&plain)
+        .map_err(|e| anyhow!("cannot save the module: {}", first_line(&e.to_string())))?;
     let optimized = OptimizedModule::load(&plain, floats == Kind::BFloat16)?;
     let xs = examples(inputs, floats);
     let want = plain_forward(module, &xs).context("the plain module fails on example inputs")?;
