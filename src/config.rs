@@ -31,6 +31,9 @@ pub mod defaults {
     pub const RESCAN_INTERVAL_MS: u64 = 1000;
     pub const TMP_MAX_AGE_S: u64 = 3600;
     pub const KEEP_INPUTS: bool = false;
+    /// Outputs and failure records: readable by the spool's group (see the README's access
+    /// model).
+    pub const OUTPUT_MODE: &str = "0640";
     pub const MAX_BATCH: usize = 64;
     pub const MAX_JOB_BYTES: u64 = 1 << 30;
     pub const PROFILE_BUDGET_S: f64 = 60.0;
@@ -77,6 +80,7 @@ struct RawConfig {
     tmp_max_age_s: u64,
     #[serde(default = "defaults::keep_inputs")]
     keep_inputs: bool,
+    output_mode: Option<String>,
     #[serde(default)]
     model: Vec<RawModel>,
 }
@@ -173,6 +177,8 @@ pub struct Config {
     pub rescan_interval_ms: u64,
     pub tmp_max_age_s: u64,
     pub keep_inputs: bool,
+    /// Mode bits of outputs and failure records.
+    pub output_mode: u32,
     pub models: Vec<ModelConfig>,
 }
 
@@ -248,6 +254,7 @@ impl Config {
                 format!("use 10..600000 (default {})", defaults::RESCAN_INTERVAL_MS),
             );
         }
+        let output_mode = output_mode(raw.output_mode.as_deref().unwrap_or(defaults::OUTPUT_MODE))?;
         if raw.model.is_empty() {
             return refuse(
                 "model",
@@ -276,6 +283,7 @@ impl Config {
             rescan_interval_ms: raw.rescan_interval_ms,
             tmp_max_age_s: raw.tmp_max_age_s,
             keep_inputs: raw.keep_inputs,
+            output_mode,
             models,
         })
     }
@@ -286,6 +294,24 @@ fn state_dir_from_env() -> PathBuf {
     std::env::var_os("STATE_DIRECTORY")
         .and_then(|s| s.to_string_lossy().split(':').next().map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(defaults::STATE_DIR))
+}
+
+fn output_mode(s: &str) -> Result<u32, Refusal> {
+    let fix = "write output_mode = \"0640\" (the spool's group may read results; the default) or \"0644\" (every local user may)";
+    match u32::from_str_radix(s, 8) {
+        Ok(m) if m & !0o666 != 0 => refuse(
+            "output_mode",
+            format!("'{s}' sets bits other than read and write"),
+            fix,
+        ),
+        Ok(m) if m & 0o600 != 0o600 => refuse(
+            "output_mode",
+            format!("'{s}' does not let the agent read and write its own files"),
+            fix,
+        ),
+        Ok(m) => Ok(m),
+        Err(_) => refuse("output_mode", format!("'{s}' is not an octal mode"), fix),
+    }
 }
 
 fn cores(s: &str) -> Result<Vec<usize>, Refusal> {
@@ -661,6 +687,18 @@ mod tests {
             (
                 format!("spool = \"/s\"\nrescan_interval_ms = 1\n{m}"),
                 "rescan_interval_ms",
+            ),
+            (
+                format!("spool = \"/s\"\noutput_mode = \"4755\"\n{m}"),
+                "output_mode",
+            ),
+            (
+                format!("spool = \"/s\"\noutput_mode = \"0044\"\n{m}"),
+                "output_mode",
+            ),
+            (
+                format!("spool = \"/s\"\noutput_mode = \"rw-r--r--\"\n{m}"),
+                "output_mode",
             ),
             ("spool = \"/s\"\n".to_string(), "model"),
             (format!("spool = \"/s\"\n{m}{m}"), "model[1].name"),

@@ -41,8 +41,11 @@ pub fn run(args: &Args) -> Result<i32> {
     };
     for m in &st.models {
         println!("\nmodel {} ({}) spool {}", m.name, m.source, m.spool);
+        if let Some(p) = &m.storage_problem {
+            println!("  JOBS HELD: {p}");
+        }
         println!(
-            "  jobs: {} done, {} failed, {} queued; {} batches; latency p50 {} p99 {}",
+            "  jobs: {} done, {} failed, {} waiting; {} batches; latency p50 {} p99 {}",
             m.jobs_done,
             m.jobs_failed,
             m.queue_depth,

@@ -16,7 +16,7 @@ use crate::planner::PlanTable;
 use crate::runtime::plans::{build_plans, log_plans, Profiling};
 use crate::runtime::precision::resolve;
 use crate::runtime::ModelRuntime;
-use crate::spool::{Folder, Spool};
+use crate::spool::{Folder, Spool, SpoolOptions};
 
 /// What to do when a configured model does not load.
 fn load_fix(engine: EngineKind) -> &'static str {
@@ -58,16 +58,25 @@ impl Agent {
                 mc.source,
                 t0.elapsed().as_secs_f64()
             );
-            let spool = Spool::open(config.spool.join(&mc.name), config.keep_inputs)?;
+            let opts = SpoolOptions {
+                keep_inputs: config.keep_inputs,
+                output_mode: config.output_mode,
+            };
+            let spool = Spool::open(config.spool.join(&mc.name), opts).map_err(|e| ConfigError {
+                file: config.path.display().to_string(),
+                field: "spool".into(),
+                problem: format!("{e:#}"),
+                fix: "point spool at a directory the agent may write (not a symlinked one); see the README's spool section".into(),
+            })?;
             spool.clean_tmp(Duration::from_secs(config.tmp_max_age_s));
             let table = Self::plan(&config, &topo, &notifier, mc, &model, Profiling::Allowed)?;
             let rt = Arc::new(ModelRuntime::new(mc.clone(), resolved, spool, table));
             notifier.status(&format!("warming up model {}", mc.name));
             rt.warm_up()?;
-            let recovered = rt.recover()?;
+            let recovered = rt.take_over();
             if recovered > 0 {
                 log::info!(
-                    "model {}: {recovered} job(s) left in processing/ run again",
+                    "model {}: {recovered} job(s) of stopped agents run again first",
                     mc.name
                 );
             }
@@ -128,10 +137,30 @@ impl Agent {
             .collect()
     }
 
-    /// Claims what waits in every model's incoming/.
+    /// Looks at what waits in every model's incoming/ (claimed only when it runs), and takes
+    /// over the jobs of agents on the same spools that are gone.
     pub fn scan(&self) {
         for rt in &self.models {
-            rt.claim_waiting();
+            rt.take_over();
+            rt.offer_waiting();
+        }
+    }
+
+    /// What systemd's `STATUS=` should say now.
+    pub fn status_line(&self) -> String {
+        let troubles: Vec<String> = self
+            .models
+            .iter()
+            .filter_map(|rt| {
+                rt.status()
+                    .storage_problem
+                    .map(|p| format!("model {}: {p}", rt.cfg.name))
+            })
+            .collect();
+        if troubles.is_empty() {
+            format!("serving {} model(s)", self.models.len())
+        } else {
+            format!("jobs held: {}", troubles.join("; "))
         }
     }
 
@@ -209,13 +238,17 @@ impl Agent {
         ));
     }
 
-    /// Stops every dispatcher once its queue is drained, and waits for them.
+    /// Stops every dispatcher after its batch in flight, waits for them, and gives back what
+    /// is still claimed: the backlog stays in incoming/ for the next agent.
     pub fn drain(&mut self) {
         for rt in &self.models {
             rt.stop();
         }
         for d in self.dispatchers.drain(..) {
             let _ = d.join();
+        }
+        for rt in &self.models {
+            rt.give_back();
         }
     }
 }

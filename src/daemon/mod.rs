@@ -1,11 +1,12 @@
 //! `packrat serve`: the agent's event loop and its systemd side.
 //!
 //! Start-up order: config (refused → exit 78) → models loaded → plans (cached profile, fresh
-//! profile, config or baseline) → instances warmed → leftover jobs recovered → READY=1.
-//! One loop owns claiming: inotify wake-ups and a periodic rescan (inotify overflows and
-//! misses NFS writes) both lead to a scan of every incoming/. SIGHUP re-reads the config and
-//! re-plans; a bad new config is refused and the old one stays. SIGTERM/SIGINT stop claiming,
-//! drain what was claimed, and exit 0.
+//! profile, config or baseline) → instances warmed → jobs of dead agents taken over → READY=1.
+//! inotify wake-ups and a periodic rescan (inotify overflows and misses other hosts' writes)
+//! both lead to a scan of every incoming/ and a look for dead agents' claims; dispatchers claim
+//! lazily from what the scan saw. SIGHUP re-reads the config and re-plans; a bad new config is
+//! refused and the old one stays. SIGTERM/SIGINT finish the batch in flight, give back what is
+//! still claimed, and exit 0.
 //!
 //! - [`agent`]: the models' runtimes and what the loop asks of them;
 //! - [`events`]: signals and inotify as [`Event`]s on one channel (passed into the loop);
@@ -97,6 +98,7 @@ pub fn serve_until_shutdown(agent: &mut Agent, events: &Receiver<Event>) {
         agent.models.len(),
         agent.config.spool.display()
     );
+    let mut status_line = agent.status_line();
     let mut pending: Option<Event> = None;
     loop {
         let next = match pending.take() {
@@ -117,8 +119,10 @@ pub fn serve_until_shutdown(agent: &mut Agent, events: &Receiver<Event>) {
             }
             Ok(Event::Reload) => agent.reload(),
             Ok(Event::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
-                log::info!("stopping: no new claims, draining claimed jobs, then exiting");
-                agent.notifier.send("STOPPING=1\nSTATUS=draining");
+                log::info!("stopping: finishing the batch in flight, then exiting");
+                agent
+                    .notifier
+                    .send("STOPPING=1\nSTATUS=finishing the batch in flight");
                 break;
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -131,6 +135,12 @@ pub fn serve_until_shutdown(agent: &mut Agent, events: &Receiver<Event>) {
         }
         if status.due() {
             agent.write_status(AgentState::Serving);
+            // Tell systemd only when it changes: "disk full" once, not every second.
+            let line = agent.status_line();
+            if line != status_line {
+                agent.notifier.status(&line);
+                status_line = line;
+            }
         }
         if clean.due() {
             agent.clean_tmp();
@@ -166,9 +176,21 @@ mod tests {
         tensorfile::write(&mut f, Format::Npy, &[("input".into(), x)]).unwrap();
         let (tx, rx) = mpsc::channel();
         tx.send(Event::Arrival).unwrap();
-        tx.send(Event::Shutdown).unwrap();
+        // Claims are lazy: shut down only once the job is done (else it stays in incoming/).
+        let out = Folder::Out.of(&model_dir).join("j.npy");
+        let waiter = {
+            let out = out.clone();
+            std::thread::spawn(move || {
+                let t0 = std::time::Instant::now();
+                while !out.exists() && t0.elapsed() < Duration::from_secs(60) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                tx.send(Event::Shutdown).unwrap();
+            })
+        };
         serve_until_shutdown(&mut agent, &rx);
-        assert!(Folder::Out.of(&model_dir).join("j.npy").exists());
+        waiter.join().unwrap();
+        assert!(out.exists());
         let st = status::Status::read(&dir.path().join("state")).unwrap();
         assert_eq!(st.state, AgentState::Stopped);
         assert_eq!(st.models[0].jobs_done, 1);

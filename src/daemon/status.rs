@@ -38,15 +38,16 @@ impl Status {
     pub fn write(&self, state_dir: &Path) -> Result<()> {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("cannot create state dir {}", state_dir.display()))?;
-        let mut tmp = tempfile::NamedTempFile::new_in(state_dir)?;
-        serde_json::to_writer_pretty(&mut tmp, self)?;
-        tmp.persist(state_dir.join("status.json"))
-            .map_err(|e| e.error)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(state_dir)?;
-        std::io::Write::write_all(&mut tmp, self.prometheus().as_bytes())?;
-        tmp.persist(state_dir.join("metrics.prom"))
-            .map_err(|e| e.error)?;
-        Ok(())
+        // They hold no secrets: `packrat status` and node exporters read them as other users.
+        let publish = |name: &str, text: &[u8]| -> Result<()> {
+            let mut tmp = tempfile::NamedTempFile::new_in(state_dir)?;
+            std::io::Write::write_all(&mut tmp, text)?;
+            crate::spool::access::set_file_mode(tmp.as_file(), 0o644)?;
+            tmp.persist(state_dir.join(name)).map_err(|e| e.error)?;
+            Ok(())
+        };
+        publish("status.json", &serde_json::to_vec_pretty(self)?)?;
+        publish("metrics.prom", self.prometheus().as_bytes())
     }
 
     pub fn read(state_dir: &Path) -> Result<Status> {
@@ -65,6 +66,8 @@ impl Status {
         );
         s.push_str("# TYPE packrat_queue_depth gauge\n# TYPE packrat_job_latency_ms gauge\n# TYPE packrat_instances gauge\n");
         s.push_str("# TYPE packrat_precision_bf16 gauge\n# TYPE packrat_bf16_drift_ratio gauge\n");
+        s.push_str("# HELP packrat_spool_disk_full 1 while jobs are held because the spool's disk is full.\n# TYPE packrat_spool_disk_full gauge\n");
+        s.push_str("# HELP packrat_spool_write_blocked 1 while jobs are held because the spool cannot be written.\n# TYPE packrat_spool_write_blocked gauge\n");
         for m in &self.models {
             let l = format!("model=\"{}\"", m.name);
             s.push_str(&format!("packrat_jobs_done_total{{{l}}} {}\n", m.jobs_done));
@@ -80,6 +83,11 @@ impl Status {
             s.push_str(&format!(
                 "packrat_precision_bf16{{{l}}} {}\n",
                 u8::from(m.precision.in_use == "bf16")
+            ));
+            s.push_str(&format!(
+                "packrat_spool_disk_full{{{l}}} {}\npackrat_spool_write_blocked{{{l}}} {}\n",
+                u8::from(m.disk_full),
+                u8::from(m.storage_problem.is_some())
             ));
             if let Some(d) = m.precision.bf16_drift {
                 s.push_str(&format!("packrat_bf16_drift_ratio{{{l}}} {d:.6}\n"));

@@ -1,15 +1,18 @@
-//! The dispatcher thread of one model: it loads queued jobs, coalesces what is waiting into one
-//! batch up to `max_batch` (never waiting for more), runs the batch with the plan for its size,
-//! splits the outputs back per job and publishes them through the spool.
+//! The dispatcher thread of one model: it claims and loads jobs only when it is about to run
+//! them, coalesces what is waiting into one batch up to `max_batch` (never waiting for more),
+//! runs the batch with the plan for its size, splits the outputs back per job and publishes
+//! them through the spool. A write the job is not to blame for (disk full) holds the job and
+//! retries it later; it never fails it.
 
 use std::time::Instant;
 
 use anyhow::Result;
 use tch::Tensor;
 
+use super::queue::Next;
 use super::ModelRuntime;
 use crate::engine::{concat_outputs, split_outputs, InputMismatch, MismatchKind, Outputs};
-use crate::spool::{ErrorKind, Job, JobError};
+use crate::spool::{Claim, ErrorKind, Job, JobError, PublishError, Published};
 use crate::tensorfile::{self, Format, ReadError, ReadErrorKind};
 
 impl From<ReadError> for JobError {
@@ -42,18 +45,15 @@ struct Loaded {
     items: usize,
 }
 
-/// Runs until the queue is stopped and empty.
+/// Runs until the queue is stopped; the batch in flight finishes first.
 pub(super) fn run(rt: &ModelRuntime) {
     let max = rt.cfg.max_batch;
     let mut carry: Option<Loaded> = None;
     loop {
         let first = match carry.take() {
             Some(l) => l,
-            None => match rt.queue.pop(true) {
-                Some(j) => match load(rt, j) {
-                    Some(l) => l,
-                    None => continue,
-                },
+            None => match next_loaded(rt, true) {
+                Some(l) => l,
                 None => break,
             },
         };
@@ -61,8 +61,9 @@ pub(super) fn run(rt: &ModelRuntime) {
         let mut total = group[0].items;
         // Coalesce what is already waiting; do not wait for more.
         while total < max {
-            let Some(j) = rt.queue.pop(false) else { break };
-            let Some(l) = load(rt, j) else { continue };
+            let Some(l) = next_loaded(rt, false) else {
+                break;
+            };
             if total + l.items <= max {
                 total += l.items;
                 group.push(l);
@@ -73,7 +74,34 @@ pub(super) fn run(rt: &ModelRuntime) {
         }
         run_group(rt, group);
     }
-    log::debug!("model {}: dispatcher drained and stopped", rt.cfg.name);
+    if let Some(l) = carry {
+        rt.queue.push_owned(vec![l.job]);
+    }
+    log::debug!("model {}: dispatcher stopped", rt.cfg.name);
+}
+
+/// The next job, claimed (if it was waiting) and loaded; jobs that fail to load are failed here.
+fn next_loaded(rt: &ModelRuntime, block: bool) -> Option<Loaded> {
+    loop {
+        let job = match rt.queue.next(block)? {
+            Next::Owned(job) => job,
+            Next::Waiting(name) => match rt.spool.claim(&name) {
+                Ok(Claim::Job(job)) => job,
+                Ok(Claim::Refused(job, err)) => {
+                    rt.fail(job, &err);
+                    continue;
+                }
+                Ok(Claim::Gone) => continue,
+                Err(e) => {
+                    log::error!("model {}: {e:#}", rt.cfg.name);
+                    continue;
+                }
+            },
+        };
+        if let Some(l) = load(rt, job) {
+            return Some(l);
+        }
+    }
 }
 
 fn load(rt: &ModelRuntime, job: Job) -> Option<Loaded> {
@@ -108,7 +136,7 @@ fn load(rt: &ModelRuntime, job: Job) -> Option<Loaded> {
             })
         }
         Err(e) => {
-            rt.fail(&job, &e);
+            rt.fail(job, &e);
             None
         }
     }
@@ -118,7 +146,17 @@ fn model_error(e: anyhow::Error) -> JobError {
     JobError::new(ErrorKind::ModelError, format!("{e:#}"))
 }
 
-fn run_group(rt: &ModelRuntime, group: Vec<Loaded>) {
+fn run_group(rt: &ModelRuntime, mut group: Vec<Loaded>) {
+    // Count the run first: if the agent dies now, whoever takes these jobs over knows they ran.
+    if let Err(e) = group
+        .iter_mut()
+        .try_for_each(|l| rt.spool.started(&mut l.job))
+    {
+        for l in group {
+            rt.hold(l.job, &e);
+        }
+        return;
+    }
     let result = if group.len() == 1 {
         let out = run_one(rt, &group[0]);
         if let Ok(out) = &out {
@@ -130,7 +168,7 @@ fn run_group(rt: &ModelRuntime, group: Vec<Loaded>) {
     };
     match result {
         Ok(outs) => {
-            for (l, out) in group.iter().zip(outs) {
+            for (l, out) in group.into_iter().zip(outs) {
                 finish(rt, l, &out);
             }
         }
@@ -140,18 +178,22 @@ fn run_group(rt: &ModelRuntime, group: Vec<Loaded>) {
                 rt.cfg.name,
                 group.len()
             );
-            for l in &group {
-                match run_one(rt, l) {
+            for l in group {
+                match run_one(rt, &l) {
                     Ok(out) => finish(rt, l, &out),
-                    Err(e) => rt.fail(&l.job, &model_error(e)),
+                    Err(e) => rt.fail(l.job, &model_error(e)),
                 }
             }
         }
-        Err(e) => rt.fail(&group[0].job, &model_error(e)),
+        Err(e) => {
+            if let Some(l) = group.into_iter().next() {
+                rt.fail(l.job, &model_error(e));
+            }
+        }
     }
 }
 
-fn finish(rt: &ModelRuntime, l: &Loaded, out: &Outputs) {
+fn finish(rt: &ModelRuntime, l: Loaded, out: &Outputs) {
     let t0 = Instant::now();
     let fmt = l.format.for_outputs(out.len());
     let res = rt
@@ -164,23 +206,33 @@ fn finish(rt: &ModelRuntime, l: &Loaded, out: &Outputs) {
         t0.elapsed().as_secs_f64() * 1e3
     );
     match res {
-        Ok(path) => {
+        Ok(published) => {
             let dt = l.job.claimed.elapsed();
-            log::info!(
-                "model {}: {} ({} items) -> {} in {:.1} ms",
-                rt.cfg.name,
-                l.job.name,
-                l.items,
-                path.display(),
-                dt.as_secs_f64() * 1e3
-            );
+            match published {
+                Published::Output(path) => log::debug!(
+                    "model {}: {} ({} items) -> {} in {:.1} ms",
+                    rt.cfg.name,
+                    l.job.name,
+                    l.items,
+                    path.display(),
+                    dt.as_secs_f64() * 1e3
+                ),
+                Published::Duplicate(path) => log::info!(
+                    "model {}: {} already had its output {} (another agent ran it too); this run's is dropped",
+                    rt.cfg.name,
+                    l.job.name,
+                    path.display()
+                ),
+            }
+            rt.storage_ok();
             rt.stats().record_done(dt);
         }
-        Err(e) => rt.fail(
-            &l.job,
+        Err(PublishError::Storage(e)) => rt.hold(l.job, &e),
+        Err(PublishError::Encode(e)) => rt.fail(
+            l.job,
             &JobError::new(
                 ErrorKind::OutputError,
-                format!("cannot write the output: {e:#}"),
+                format!("cannot encode the output: {e:#}"),
             ),
         ),
     }

@@ -1,7 +1,8 @@
-//! The runtime of one model: everything between the spool and the engine. It claims waiting
-//! jobs into its [`queue`], its [`dispatcher`] thread runs them in batches with the plan for
-//! their size ([`plans`]) on warm instance sets from the engine's pool, and it counts what
-//! happened ([`stats`]).
+//! The runtime of one model: everything between the spool and the engine. Scans of incoming/
+//! feed its [`queue`]; its [`dispatcher`] thread claims jobs only as it runs them, in batches
+//! with the plan for their size ([`plans`]) on warm instance sets from the engine's pool; it
+//! counts what happened ([`stats`]) and holds jobs while the spool cannot be written
+//! ([`storage`]).
 //!
 //! Reconfiguring (a new plan table) swaps an `Arc` between batches: jobs stay queued, the batch
 //! in flight finishes on the old instances, so nothing is dropped.
@@ -11,6 +12,7 @@ pub mod plans;
 pub mod precision;
 pub mod queue;
 pub mod stats;
+pub mod storage;
 
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
@@ -23,11 +25,12 @@ use tch::Tensor;
 use crate::config::ModelConfig;
 use crate::engine::{InstanceInfo, InstancePool, Model, Outputs};
 use crate::planner::{Plan, PlanSource, PlanTable};
-use crate::spool::{Claim, Job, JobError, Spool};
+use crate::spool::{Job, JobError, Spool, StorageError};
 use plans::{layout, PlanState};
 use precision::{PrecisionStatus, Resolved};
 use queue::JobQueue;
 use stats::{Drift, Stats};
+use storage::StorageHealth;
 
 /// How many instance sets (layouts) a model keeps warm at once.
 const MAX_SETS: usize = 8;
@@ -54,6 +57,14 @@ pub struct ModelStatus {
     pub latency_p99_ms: Option<f64>,
     /// Median (measured − predicted) / predicted of the last 50 planned batches, in %.
     pub prediction_error_pct: Option<f64>,
+    /// Why jobs are held (disk full, spool not writable), while they are.
+    #[serde(default)]
+    pub storage_problem: Option<String>,
+    #[serde(default)]
+    pub disk_full: bool,
+    /// This agent's claim folder under the model's `claims/`.
+    #[serde(default)]
+    pub agent_id: String,
     pub engine: String,
     pub precision: PrecisionStatus,
 }
@@ -67,6 +78,7 @@ pub struct ModelRuntime {
     queue: JobQueue,
     stats: Mutex<Stats>,
     drift: Mutex<Drift>,
+    storage: Mutex<StorageHealth>,
     precision: Mutex<PrecisionStatus>,
     /// The f32 twin an `auto` model checks real jobs against, while it serves bf16.
     twin: Mutex<Option<Arc<Model>>>,
@@ -88,6 +100,7 @@ impl ModelRuntime {
             queue: JobQueue::default(),
             stats: Mutex::new(Stats::default()),
             drift: Mutex::new(Drift::default()),
+            storage: Mutex::new(StorageHealth::default()),
             precision: Mutex::new(resolved.status),
             twin: Mutex::new(resolved.twin),
         }
@@ -178,33 +191,36 @@ impl ModelRuntime {
         Ok(())
     }
 
-    /// Claims everything waiting in incoming/ into the queue.
-    pub fn claim_waiting(&self) {
-        let mut jobs = Vec::new();
-        for name in self.spool.scan() {
-            match self.spool.claim(&name) {
-                Ok(Claim::Job(job)) => jobs.push(job),
-                Ok(Claim::Refused(name, err)) => {
-                    log::warn!(
-                        "model {}: job {name} refused: {err} ({})",
-                        self.cfg.name,
-                        err.kind
-                    );
-                    self.stats().failed += 1;
-                }
-                Ok(Claim::Gone) => {}
-                Err(e) => log::error!("model {}: {e:#}", self.cfg.name),
-            }
-        }
-        self.queue.push(jobs);
+    /// Tells the dispatcher what waits in incoming/ (nothing is claimed here).
+    pub fn offer_waiting(&self) {
+        self.queue.offer(self.spool.scan());
     }
 
-    /// Start-up recovery: jobs left in processing/ by an earlier run are queued again.
-    pub fn recover(&self) -> Result<usize> {
-        let jobs = self.spool.recover()?;
+    /// Takes over the jobs of agents on this spool that are gone; returns how many will run.
+    pub fn take_over(&self) -> usize {
+        let jobs = self.spool.take_over();
         let n = jobs.len();
-        self.queue.push(jobs);
-        Ok(n)
+        self.queue.push_owned(jobs);
+        n
+    }
+
+    fn storage(&self) -> MutexGuard<'_, StorageHealth> {
+        self.storage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps a job whose outcome could not be written, to retry after a back-off.
+    fn hold(&self, mut job: Job, err: &StorageError) {
+        // It ran without crashing: a retry is not a crash.
+        self.spool.forget_runs(&mut job);
+        let delay = self.storage().failed(&self.cfg.name, err);
+        self.queue.pause(delay);
+        self.queue.push_owned(vec![job]);
+    }
+
+    /// A write went through: any storage trouble is over.
+    fn storage_ok(&self) {
+        self.storage().ok(&self.cfg.name);
+        self.queue.resume();
     }
 
     /// Runs `inputs` (a batch of `items` ≤ max_batch) with the plan for its size, and records
@@ -234,25 +250,25 @@ impl ModelRuntime {
         Ok(out)
     }
 
-    fn fail(&self, job: &Job, err: &JobError) {
-        log::warn!(
-            "model {}: job {} failed: {} ({})",
-            self.cfg.name,
-            job.name,
-            err.message,
-            err.kind
-        );
-        if let Err(e) = self.spool.fail(job, err) {
-            log::error!(
-                "model {}: cannot move {} to failed/: {e:#}",
-                self.cfg.name,
-                job.name
-            );
+    /// Fails a job with a record; if the record cannot be written, holds the job instead.
+    fn fail(&self, job: Job, err: &JobError) {
+        match self.spool.fail(&job, err) {
+            Ok(()) => {
+                log::warn!(
+                    "model {}: job {} failed: {} ({})",
+                    self.cfg.name,
+                    job.name,
+                    err.message,
+                    err.kind
+                );
+                self.storage_ok();
+                self.stats().failed += 1;
+            }
+            Err(e) => self.hold(job, &e),
         }
-        self.stats().failed += 1;
     }
 
-    /// Starts the dispatcher thread; it runs until [`ModelRuntime::stop`] and an empty queue.
+    /// Starts the dispatcher thread; it runs until [`ModelRuntime::stop`].
     pub fn spawn_dispatcher(self: &Arc<Self>) -> std::io::Result<JoinHandle<()>> {
         let rt = self.clone();
         std::thread::Builder::new()
@@ -265,9 +281,26 @@ impl ModelRuntime {
             .spawn(move || dispatcher::run(&rt))
     }
 
-    /// Asks the dispatcher to finish what is queued, then exit.
+    /// Asks the dispatcher to finish the batch in flight, then exit.
     pub fn stop(&self) {
         self.queue.stop();
+    }
+
+    /// After the dispatcher stopped: gives jobs this agent still owns back to incoming/ and
+    /// leaves the spool.
+    pub fn give_back(&self) {
+        let jobs = self.queue.take_owned();
+        if !jobs.is_empty() {
+            log::info!(
+                "model {}: giving {} claimed job(s) back to incoming/",
+                self.cfg.name,
+                jobs.len()
+            );
+        }
+        for job in &jobs {
+            self.spool.release(job);
+        }
+        self.spool.leave();
     }
 
     /// Live instance threads (tids, cores, thread counts), most recently used set first.
@@ -277,6 +310,10 @@ impl ModelRuntime {
 
     pub fn status(&self) -> ModelStatus {
         let table = self.plans.table();
+        let (storage_problem, disk_full) = {
+            let s = self.storage();
+            (s.problem(), s.disk_full())
+        };
         let stats = self.stats();
         ModelStatus {
             name: self.cfg.name.clone(),
@@ -299,6 +336,9 @@ impl ModelRuntime {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .recent_error_pct(),
+            storage_problem,
+            disk_full,
+            agent_id: self.spool.agent_id().to_string(),
             engine: self.model().engine.name().into(),
             precision: self
                 .precision

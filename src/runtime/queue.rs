@@ -1,61 +1,129 @@
-//! The queue of claimed jobs waiting for the dispatcher, and the stop flag that ends it.
+//! What the dispatcher runs next: jobs this agent already owns (taken over from a dead agent,
+//! or held back by a storage error) come first; then names waiting in `incoming/`, which stay
+//! unclaimed — any agent may take them — until the dispatcher is about to run them.
 
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::spool::Job;
 
+/// The next thing to run.
+pub enum Next {
+    /// A job this agent already claimed.
+    Owned(Job),
+    /// A name seen in incoming/, to claim now.
+    Waiting(OsString),
+}
+
+#[derive(Default)]
+struct Inner {
+    owned: VecDeque<Job>,
+    waiting: VecDeque<OsString>,
+    /// Storage trouble: owned jobs are retried from then on, and nothing new is claimed.
+    paused_until: Option<Instant>,
+}
+
 #[derive(Default)]
 pub struct JobQueue {
-    jobs: Mutex<VecDeque<Job>>,
+    inner: Mutex<Inner>,
     wake: Condvar,
     stopping: AtomicBool,
 }
 
 impl JobQueue {
-    fn lock(&self) -> MutexGuard<'_, VecDeque<Job>> {
-        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn push(&self, jobs: Vec<Job>) {
+    /// Jobs this agent owns, to run before anything waiting.
+    pub fn push_owned(&self, jobs: Vec<Job>) {
         if jobs.is_empty() {
             return;
         }
-        self.lock().extend(jobs);
+        self.lock().owned.extend(jobs);
         self.wake.notify_one();
     }
 
+    /// The names a scan of incoming/ found, oldest first: they replace the previous scan's.
+    pub fn offer(&self, names: Vec<OsString>) {
+        let mut q = self.lock();
+        q.waiting = names.into();
+        if !q.waiting.is_empty() {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Jobs owned plus names seen waiting.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        let q = self.lock();
+        q.owned.len() + q.waiting.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Asks the dispatcher to finish what is queued, then exit.
+    /// Asks the dispatcher to stop after the batch in flight: nothing more is claimed.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         self.wake.notify_all();
     }
 
-    /// The next job; with `block`, waits for one unless stopping (then None once empty).
-    pub fn pop(&self, block: bool) -> Option<Job> {
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Holds back claiming for `delay` (storage trouble); owned jobs wait as long.
+    pub fn pause(&self, delay: Duration) {
+        self.lock().paused_until = Some(Instant::now() + delay);
+    }
+
+    pub fn resume(&self) {
+        self.lock().paused_until = None;
+    }
+
+    /// Whether claiming is held back by storage trouble.
+    pub fn paused(&self) -> bool {
+        self.lock().paused_until.is_some()
+    }
+
+    /// The next thing to run; with `block`, waits for one. None once stopping, or (without
+    /// `block`) when nothing is ready. While paused, nothing comes out until the pause ends.
+    pub fn next(&self, block: bool) -> Option<Next> {
         let mut q = self.lock();
         loop {
-            if let Some(j) = q.pop_front() {
-                return Some(j);
-            }
-            if !block || self.stopping.load(Ordering::SeqCst) {
+            if self.stopping() {
                 return None;
             }
+            // Paused: wait; once the pause is over, owned jobs retry first.
+            let wait = q
+                .paused_until
+                .and_then(|t| t.checked_duration_since(Instant::now()));
+            if wait.is_none() {
+                if let Some(j) = q.owned.pop_front() {
+                    return Some(Next::Owned(j));
+                }
+                if let Some(n) = q.waiting.pop_front() {
+                    return Some(Next::Waiting(n));
+                }
+            }
+            if !block {
+                return None;
+            }
+            let timeout = wait.unwrap_or(Duration::from_millis(500));
             q = self
                 .wake
-                .wait_timeout(q, Duration::from_millis(500))
+                .wait_timeout(q, timeout)
                 .map(|r| r.0)
                 .unwrap_or_else(|p| p.into_inner().0);
         }
+    }
+
+    /// Owned jobs left when the dispatcher stopped (to give back).
+    pub fn take_owned(&self) -> Vec<Job> {
+        self.lock().owned.drain(..).collect()
     }
 }

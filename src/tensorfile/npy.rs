@@ -104,6 +104,14 @@ fn parse_npy_header(bytes: &[u8], what: &str) -> Result<NpyHeader, ReadError> {
         })?;
     let header = std::str::from_utf8(&bytes[start..end])
         .map_err(|_| bad(format!("{what}: .npy header is not text")))?;
+    // A key given twice could mean one thing to numpy and another here: refuse it.
+    for key in ["'descr'", "'shape'", "'fortran_order'"] {
+        if header.matches(key).count() > 1 {
+            return Err(bad(format!(
+                "{what}: the .npy header gives {key} more than once: write it with np.save"
+            )));
+        }
+    }
     let descr = dict_str(header, "descr")
         .ok_or_else(|| bad(format!("{what}: .npy header has no 'descr'")))?;
     let kind = kind_from_descr(&descr).ok_or_else(|| {
@@ -229,6 +237,17 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn a_header_with_a_duplicate_key_is_refused() {
+        let hdr = "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), 'shape': (2,), }";
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(hdr.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(hdr.as_bytes());
+        bytes.extend_from_slice(&[0u8; 8]);
+        let err = parse(&bytes, "f").unwrap_err();
+        assert!(err.message.contains("more than once"), "{}", err.message);
     }
 
     #[test]

@@ -164,6 +164,31 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// Job files claimed by any agent (in any `claims/<agent>/`), sorted.
+    pub fn claimed(&self) -> Vec<String> {
+        claimed(&self.model_dir())
+    }
+}
+
+/// Job files claimed under `model_dir/claims/*/`, sorted.
+pub fn claimed(model_dir: &Path) -> Vec<String> {
+    let mut v = Vec::new();
+    for d in fs::read_dir(model_dir.join("claims")).unwrap().flatten() {
+        if d.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        for e in fs::read_dir(d.path()).into_iter().flatten().flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if !n.starts_with('.') {
+                v.push(n);
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {

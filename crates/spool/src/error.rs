@@ -15,6 +15,8 @@ pub enum ErrorKind {
     TooLarge,
     /// The name has no job extension.
     UnknownFormat,
+    /// The name cannot be served: not UTF-8, too long, or reserved.
+    BadName,
     /// A symlink, directory, FIFO, socket or device in `incoming/`.
     NotRegular,
     /// Missing, extra, or inconsistent named inputs.
@@ -25,16 +27,17 @@ pub enum ErrorKind {
     ModelError,
     /// The output could not be written.
     OutputError,
-    /// The job was in flight at too many agent stops.
+    /// The job was running at too many agent crashes.
     CrashedAgent,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 11] = [
+    pub const ALL: [ErrorKind; 12] = [
         ErrorKind::BadFile,
         ErrorKind::Io,
         ErrorKind::TooLarge,
         ErrorKind::UnknownFormat,
+        ErrorKind::BadName,
         ErrorKind::NotRegular,
         ErrorKind::WrongInput,
         ErrorKind::WrongDtype,
@@ -50,6 +53,7 @@ impl ErrorKind {
             ErrorKind::Io => "io",
             ErrorKind::TooLarge => "too_large",
             ErrorKind::UnknownFormat => "unknown_format",
+            ErrorKind::BadName => "bad_name",
             ErrorKind::NotRegular => "not_regular",
             ErrorKind::WrongInput => "wrong_input",
             ErrorKind::WrongDtype => "wrong_dtype",

@@ -1,25 +1,150 @@
-//! Names in the spool: which files are jobs, what a job's output is called, and how a free name
-//! is found when a name was used before (`job.npy`, `job~1.npy`, …). The agent (claiming) and
-//! the client (submitting) probe names the same way.
+//! Names in the spool: which files are jobs, what a job's outcome is called, which names cannot
+//! be served, and how a free name is found when a name is taken (`job.npy`, `job~1.npy`, …).
+//! The agent (claiming) and the client (submitting) probe names the same way.
+//!
+//! Every outcome name derives from the *whole* job name — `c.npy` → `out/c.npy` (or
+//! `out/c.npy.npz` when a one-array format must hold several outputs), `c.npz` → `out/c.npz`,
+//! failures → `failed/c.npy.error.json` — so two jobs never share an outcome, and a job name of
+//! at most [`MAX_JOB_NAME`] bytes keeps every derived name within `NAME_MAX`.
 
-use std::path::Path;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 
 use crate::Folder;
 
 /// Extensions of job files; an output takes its input's.
 pub const JOB_EXTENSIONS: [&str; 3] = ["npy", "npz", "safetensors"];
 
+/// The longest job name served, in bytes: leaves room under `NAME_MAX` (255) for a `~N`
+/// suffix, an `.npz` output suffix, the `.error.json` record suffix and the agent's sidecars.
+pub const MAX_JOB_NAME: usize = 200;
+
+/// The suffix of failure records.
+pub const RECORD_SUFFIX: &str = ".error.json";
+
 /// Names clients use for files still being written: never claimed.
-pub fn is_in_progress_name(name: &str) -> bool {
-    name.starts_with('.') || name.ends_with(".tmp") || name.ends_with(".part")
+pub fn is_in_progress_name(name: &OsStr) -> bool {
+    let b = name.as_bytes();
+    b.starts_with(b".") || b.ends_with(b".tmp") || b.ends_with(b".part")
 }
 
-/// The name minus its job extension: what the output is called.
-pub fn stem_of(name: &str) -> &str {
-    match name.rsplit_once('.') {
-        Some((s, e)) if JOB_EXTENSIONS.contains(&e) && !s.is_empty() => s,
-        _ => name,
+/// Why a name in `incoming/` cannot be served as it is.
+pub fn unservable(name: &OsStr) -> Option<String> {
+    let shown = quoted(name);
+    if name.to_str().is_none() {
+        Some(format!(
+            "the file name {shown} is not valid UTF-8: name job files in UTF-8"
+        ))
+    } else if name.len() > MAX_JOB_NAME {
+        Some(format!(
+            "the file name {shown} is {} bytes long; job names may have at most {MAX_JOB_NAME} bytes: use a shorter name",
+            name.len()
+        ))
+    } else if name.as_bytes().ends_with(RECORD_SUFFIX.as_bytes()) {
+        Some(format!(
+            "the file name {shown} ends in '{RECORD_SUFFIX}', which names failure records: rename the job"
+        ))
+    } else {
+        None
     }
+}
+
+/// A name's bytes as a quoted string: printable ASCII as is, everything else escaped (`\xff`).
+pub fn quoted(name: &OsStr) -> String {
+    format!("\"{}\"", name.as_bytes().escape_ascii())
+}
+
+/// A servable name for an unservable one: its bytes with everything outside a safe set
+/// replaced by `_`, cut to fit, never a dot-file.
+pub fn safe_name(name: &OsStr) -> String {
+    let mut s: String = name
+        .as_bytes()
+        .iter()
+        .map(|&b| {
+            if b.is_ascii_alphanumeric() || b"._-+~".contains(&b) {
+                b as char
+            } else {
+                '_'
+            }
+        })
+        .take(MAX_JOB_NAME - 20)
+        .collect();
+    if s.starts_with('.') || s.is_empty() {
+        s.insert(0, '_');
+    }
+    if s.ends_with(RECORD_SUFFIX) {
+        s.push('_');
+    }
+    s
+}
+
+/// The job name's format extension, if it has a known one.
+pub fn job_extension(name: &str) -> Option<&str> {
+    match name.rsplit_once('.') {
+        Some((s, e)) if JOB_EXTENSIONS.contains(&e) && !s.is_empty() => Some(e),
+        _ => None,
+    }
+}
+
+/// The output file name of job `name` written in format `ext`: the job's own name when the
+/// format is the job's, else the name with `.<ext>` appended.
+pub fn output_name(name: &str, ext: &str) -> String {
+    if job_extension(name) == Some(ext) {
+        name.to_string()
+    } else {
+        format!("{name}.{ext}")
+    }
+}
+
+/// Where the output of job `name` may appear: `out/<name>`, and `out/<name>.npz` for a `.npy`
+/// job (a one-array format cannot hold several outputs).
+pub fn output_paths(model_dir: &Path, name: &str) -> Vec<PathBuf> {
+    let out = Folder::Out.of(model_dir);
+    let mut v = vec![out.join(name)];
+    if job_extension(name) == Some("npy") {
+        v.push(out.join(output_name(name, "npz")));
+    }
+    v
+}
+
+/// Where the failure record of job `name` appears.
+pub fn error_record_path(model_dir: &Path, name: &str) -> PathBuf {
+    Folder::Failed
+        .of(model_dir)
+        .join(format!("{name}{RECORD_SUFFIX}"))
+}
+
+/// The one other name whose outputs can coincide with `name`'s: `c.npy` and `c.npy.npz` both
+/// may write `out/c.npy.npz`.
+fn sibling(name: &str) -> Option<String> {
+    if job_extension(name) == Some("npy") {
+        Some(format!("{name}.npz"))
+    } else {
+        name.strip_suffix(".npz")
+            .filter(|s| job_extension(s) == Some("npy"))
+            .map(String::from)
+    }
+}
+
+/// Whether `name` (or its sibling) is used in any of `folders` — in any agent's claim folder,
+/// for [`Folder::Claims`] — or its output or failure record exists.
+pub fn in_use(model_dir: &Path, name: &str, folders: &[Folder]) -> bool {
+    let names: Vec<String> = std::iter::once(name.to_string())
+        .chain(sibling(name))
+        .collect();
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for f in folders {
+        if *f == Folder::Claims {
+            dirs.extend(crate::ownership::claim_dirs(model_dir));
+        } else {
+            dirs.push(f.of(model_dir));
+        }
+    }
+    let taken = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+    dirs.iter().any(|d| names.iter().any(|n| taken(&d.join(n))))
+        || output_paths(model_dir, name).iter().any(|p| taken(p))
+        || taken(&error_record_path(model_dir, name))
 }
 
 /// `name` first, then `stem~1.ext`, `stem~2.ext`, … (at most 10,000 names).
@@ -34,38 +159,23 @@ pub fn candidates(name: &str) -> impl Iterator<Item = String> + '_ {
     })
 }
 
-/// Where the output of job `name` may appear (one path per job extension).
-pub fn output_paths(model_dir: &Path, name: &str) -> Vec<std::path::PathBuf> {
-    let stem = stem_of(name);
-    JOB_EXTENSIONS
-        .iter()
-        .map(|e| Folder::Out.of(model_dir).join(format!("{stem}.{e}")))
-        .collect()
-}
-
-/// Where the failure record of job `name` appears.
-pub fn error_record_path(model_dir: &Path, name: &str) -> std::path::PathBuf {
-    Folder::Failed
-        .of(model_dir)
-        .join(format!("{name}.error.json"))
-}
-
-/// Whether `name` is used in any of `folders`, or its output or failure record exists.
-pub fn in_use(model_dir: &Path, name: &str, folders: &[Folder]) -> bool {
-    folders.iter().any(|f| f.of(model_dir).join(name).exists())
-        || output_paths(model_dir, name).iter().any(|p| p.exists())
-        || error_record_path(model_dir, name).exists()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
 
     #[test]
-    fn stems_drop_only_job_extensions() {
-        assert_eq!(stem_of("a.b.npy"), "a.b");
-        assert_eq!(stem_of("x.txt"), "x.txt");
-        assert_eq!(stem_of(".npy"), ".npy");
+    fn outputs_derive_from_the_whole_name() {
+        assert_eq!(output_name("c.npy", "npy"), "c.npy");
+        assert_eq!(output_name("c.npy", "npz"), "c.npy.npz");
+        assert_eq!(output_name("c.npz", "npz"), "c.npz");
+        let d = Path::new("/m");
+        let a = output_paths(d, "c.npy");
+        let b = output_paths(d, "c.npz");
+        assert!(a.iter().all(|p| !b.contains(p)), "{a:?} {b:?}");
+        assert_eq!(sibling("c.npy").as_deref(), Some("c.npy.npz"));
+        assert_eq!(sibling("c.npy.npz").as_deref(), Some("c.npy"));
+        assert_eq!(sibling("c.npz"), None);
     }
 
     #[test]
@@ -78,9 +188,31 @@ mod tests {
 
     #[test]
     fn in_progress_names_are_never_jobs() {
-        assert!(is_in_progress_name(".x.npy"));
-        assert!(is_in_progress_name("x.npy.part"));
-        assert!(is_in_progress_name("x.tmp"));
-        assert!(!is_in_progress_name("x.npy"));
+        assert!(is_in_progress_name(OsStr::new(".x.npy")));
+        assert!(is_in_progress_name(OsStr::new("x.npy.part")));
+        assert!(is_in_progress_name(OsStr::new("x.tmp")));
+        assert!(!is_in_progress_name(OsStr::new("x.npy")));
+    }
+
+    #[test]
+    fn unservable_names_get_a_safe_name_within_name_max() {
+        let long = "a".repeat(246) + ".npy";
+        let bad = OsStr::from_bytes(b"caf\xe9 \n.npy");
+        assert!(unservable(OsStr::new(&long)).unwrap().contains("250 bytes"));
+        assert!(unservable(bad).unwrap().contains(r"caf\xe9 \n.npy"));
+        assert!(unservable(OsStr::new("x.error.json")).is_some());
+        assert!(unservable(OsStr::new("ok.npy")).is_none());
+        for n in [
+            OsStr::new(&long),
+            bad,
+            OsStr::new("..x"),
+            OsStr::new("x.error.json"),
+        ] {
+            let s = safe_name(n);
+            assert!(unservable(OsStr::new(&s)).is_none(), "{s}");
+            assert!(!s.starts_with('.'));
+            let worst = candidates(&s).last().unwrap();
+            assert!(worst.len() + RECORD_SUFFIX.len() + 4 <= 255);
+        }
     }
 }

@@ -1,0 +1,71 @@
+//! The spool's access model. Any local user may submit (`tmp/` and `incoming/` are 1777, sticky);
+//! results are for the spool's group: `out/`, `failed/`, `done/` and `claims/` are setgid, so
+//! what the agent writes there belongs to the group of the spool folder (e.g. `packrat`), and
+//! outputs and failure records get `output_mode` (0640 by default: readable by that group).
+//! Folders are changed only through a descriptor opened with `O_NOFOLLOW`, so a symlink planted
+//! where a spool folder should be is refused, never followed or chmod'ed.
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::{open, OFlag};
+use nix::sys::stat::{fchmod, Mode};
+
+/// `output_mode` when the config does not say.
+pub const DEFAULT_OUTPUT_MODE: u32 = 0o640;
+
+/// The mode of the result folders for files of `output_mode`: group-searchable and setgid,
+/// and world-searchable only when the files are world-readable.
+pub fn result_dir_mode(output_mode: u32) -> u32 {
+    0o2750 | if output_mode & 0o004 != 0 { 0o005 } else { 0 }
+}
+
+/// Sets `dir`'s mode through an `O_NOFOLLOW` descriptor; refuses a symlink.
+pub fn set_mode(dir: &Path, mode: u32) -> Result<()> {
+    let fd = open(
+        dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::ELOOP | Errno::ENOTDIR => anyhow::anyhow!(
+            "{} is not a directory (a symbolic link or a file): packrat never follows links in the spool; replace it with a directory (bind-mount it if it must live elsewhere)",
+            dir.display()
+        ),
+        e => anyhow::anyhow!("cannot open {}: {e}", dir.display()),
+    })?;
+    // SAFETY: `open` just returned this descriptor and nothing else owns it.
+    let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    fchmod(file.as_raw_fd(), Mode::from_bits_truncate(mode))
+        .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
+    Ok(())
+}
+
+/// Creates `dir` if missing and refuses it if it is (or was replaced by) anything but a real
+/// directory.
+pub fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_dir() => {}
+        Ok(_) => bail!(
+            "{} is not a directory (a symbolic link or a file): packrat never follows links in the spool; replace it with a directory (bind-mount it if it must live elsewhere)",
+            dir.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir(dir).with_context(|| {
+                format!(
+                    "cannot create {}: check that the spool is writable by the agent (ReadWritePaths= in the unit)",
+                    dir.display()
+                )
+            })?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot stat {}", dir.display())),
+    }
+    set_mode(dir, mode)
+}
+
+/// Sets a file's mode through its open handle (tempfile creates 0600).
+pub fn set_file_mode(file: &std::fs::File, mode: u32) -> std::io::Result<()> {
+    fchmod(file.as_raw_fd(), Mode::from_bits_truncate(mode)).map_err(std::io::Error::from)
+}
