@@ -11,6 +11,8 @@ const LAST_RETRY: Duration = Duration::from_secs(60);
 
 struct Trouble {
     since: Instant,
+    /// The last failed write: failures of one retry round (a batch) double the wait once.
+    last: Instant,
     what: String,
     full: bool,
     backoff: Duration,
@@ -26,7 +28,10 @@ impl StorageHealth {
     pub fn failed(&mut self, model: &str, err: &StorageError) -> Duration {
         match &mut self.trouble {
             Some(t) => {
-                t.backoff = (t.backoff * 2).min(LAST_RETRY);
+                if t.last.elapsed() >= t.backoff / 2 {
+                    t.backoff = (t.backoff * 2).min(LAST_RETRY);
+                }
+                t.last = Instant::now();
                 t.what = err.to_string();
                 t.backoff
             }
@@ -38,6 +43,7 @@ impl StorageHealth {
                 );
                 self.trouble = Some(Trouble {
                     since: Instant::now(),
+                    last: Instant::now(),
                     what: err.to_string(),
                     full,
                     backoff: FIRST_RETRY,
@@ -77,5 +83,32 @@ impl StorageHealth {
     /// Whether the trouble is that the disk is full (for the metric).
     pub fn disk_full(&self) -> bool {
         self.trouble.as_ref().is_some_and(|t| t.full)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full() -> StorageError {
+        StorageError {
+            what: "cannot write the output".into(),
+            source: std::io::Error::from_raw_os_error(nix::libc::ENOSPC),
+        }
+    }
+
+    #[test]
+    fn a_batch_of_failures_is_one_round_and_rounds_back_off_until_ok() {
+        let mut h = StorageHealth::default();
+        assert_eq!(h.failed("m", &full()), FIRST_RETRY);
+        // The rest of the same batch does not double the wait.
+        for _ in 0..7 {
+            assert_eq!(h.failed("m", &full()), FIRST_RETRY);
+        }
+        assert!(h.disk_full() && h.problem().unwrap().starts_with("disk full"));
+        h.trouble.as_mut().unwrap().last -= FIRST_RETRY;
+        assert_eq!(h.failed("m", &full()), FIRST_RETRY * 2);
+        h.ok("m");
+        assert!(h.problem().is_none() && !h.disk_full());
     }
 }

@@ -18,6 +18,8 @@ pub struct Agent {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     pub config: PathBuf,
+    /// The spool root (several agents may share one).
+    pub spool: PathBuf,
 }
 
 pub fn config_text(dir: &Path, model: &str, extra: &str) -> String {
@@ -25,9 +27,15 @@ pub fn config_text(dir: &Path, model: &str, extra: &str) -> String {
 }
 
 pub fn config_with_source(dir: &Path, source: &str, extra: &str) -> String {
+    config_on_spool(dir, &dir.join("spool"), "", source, extra)
+}
+
+/// A config on the spool root `spool`, with `top` fields before the model and `extra` fields
+/// in it.
+pub fn config_on_spool(dir: &Path, spool: &Path, top: &str, source: &str, extra: &str) -> String {
     format!(
-        "spool = \"{}\"\nstate_dir = \"{}\"\nrescan_interval_ms = 200\n\n[[model]]\nname = \"m\"\nsource = \"{source}\"\nmax_batch = 8\n{extra}\n",
-        dir.join("spool").display(),
+        "spool = \"{}\"\nstate_dir = \"{}\"\nrescan_interval_ms = 200\n{top}\n[[model]]\nname = \"m\"\nsource = \"{source}\"\nmax_batch = 8\n{extra}\n",
+        spool.display(),
         dir.join("state").display()
     )
 }
@@ -52,15 +60,34 @@ impl Agent {
     }
 
     pub fn start_full(source: &str, extra: &str, env: &[(&str, &str)]) -> Agent {
+        let mut a = Self::configured(None, "", source, extra);
+        a.spawn(env);
+        a
+    }
+
+    /// An agent not yet started, on `spool` (a new one when None), with `top` config fields
+    /// before the model and `extra` in it.
+    pub fn configured(spool: Option<&Path>, top: &str, source: &str, extra: &str) -> Agent {
         let dir = tempfile::tempdir().unwrap();
+        let spool = spool.map_or_else(|| dir.path().join("spool"), Path::to_path_buf);
         let config = dir.path().join("packrat.toml");
-        fs::write(&config, config_with_source(dir.path(), source, extra)).unwrap();
-        let mut a = Agent {
+        fs::write(
+            &config,
+            config_on_spool(dir.path(), &spool, top, source, extra),
+        )
+        .unwrap();
+        Agent {
             dir,
             child: None,
             config,
-        };
-        a.spawn(env);
+            spool,
+        }
+    }
+
+    /// Another agent, started, on this agent's spool (its own state dir).
+    pub fn peer(&self, top: &str, source: &str, extra: &str) -> Agent {
+        let mut a = Self::configured(Some(&self.spool), top, source, extra);
+        a.spawn(&[]);
         a
     }
 
@@ -99,7 +126,7 @@ impl Agent {
     }
 
     pub fn model_dir(&self) -> PathBuf {
-        self.dir.path().join("spool/m")
+        self.spool.join("m")
     }
 
     pub fn state(&self) -> PathBuf {

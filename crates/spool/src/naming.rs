@@ -68,8 +68,15 @@ pub fn safe_name(name: &OsStr) -> String {
                 '_'
             }
         })
-        .take(MAX_JOB_NAME - 20)
         .collect();
+    const KEEP: usize = MAX_JOB_NAME - 20;
+    if s.len() > KEEP {
+        // Cut the middle, keep the extension: the record still says what format it was.
+        let ext = job_extension(&s)
+            .map(|e| format!(".{e}"))
+            .unwrap_or_default();
+        s = format!("{}{ext}", &s[..KEEP - ext.len()]);
+    }
     if s.starts_with('.') || s.is_empty() {
         s.insert(0, '_');
     }
@@ -210,6 +217,10 @@ mod tests {
         ] {
             let s = safe_name(n);
             assert!(unservable(OsStr::new(&s)).is_none(), "{s}");
+            assert!(
+                s.ends_with(".npy") || !n.as_bytes().ends_with(b".npy"),
+                "{s}"
+            );
             assert!(!s.starts_with('.'));
             let worst = candidates(&s).last().unwrap();
             assert!(worst.len() + RECORD_SUFFIX.len() + 4 <= 255);
