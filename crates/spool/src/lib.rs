@@ -457,6 +457,7 @@ impl Spool {
     /// that was running at [`MAX_ATTEMPTS`] crashes is failed, the rest are returned to run
     /// (oldest first).
     pub fn take_over(&self) -> Vec<Job> {
+        self.sweep_unborn();
         let mut jobs = Vec::new();
         for dir in claim_dirs(&self.root) {
             if dir == self.owner.dir {
@@ -491,6 +492,28 @@ impl Spool {
             }
         }
         jobs
+    }
+
+    /// Removes claim folders of agents killed while creating them (they never held a job).
+    fn sweep_unborn(&self) {
+        let Ok(rd) = fs::read_dir(self.dir(Folder::Claims)) else {
+            return;
+        };
+        for e in rd.flatten() {
+            // Old ones only: a young one may be an agent between its mkdir and its lock.
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(60));
+            if e.file_name().as_encoded_bytes().starts_with(b".new-")
+                && old
+                && matches!(liveness(&e.path()), Liveness::Gone(_))
+            {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
     }
 
     /// Moves one job of a dead agent's folder into ours and settles what to do with it.
