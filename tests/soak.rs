@@ -13,6 +13,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -58,11 +59,35 @@ fn three_agents_under_kill_9_sigterm_and_sighup_end_every_job_exactly_once() {
     let cpus = allowed_cpus();
     let core = |k: usize| format!("cores = \"{}\"", cpus[k % cpus.len()]);
     let extra = "plan = \"baseline\"";
-    let mut first = Agent::configured(None, &core(0), &format!("builtin:{model}"), extra);
-    first.spawn(&[]);
-    let second = first.peer(&core(1), &format!("builtin:{model}"), extra);
-    let third = first.peer("", &format!("builtin:{model}"), extra);
-    let mut agents = [first, second, third];
+    // With PACKRAT_SOAK_SHARED_FS=DIR (a `shared-fs up DIR` volume), the agents run as two
+    // hosts, each on its own mount of one GlusterFS volume (packaging/soak-shared-fs.sh).
+    let shared = std::env::var("PACKRAT_SOAK_SHARED_FS").ok();
+    let source = format!("builtin:{model}");
+    let mut agents: Vec<Agent> = Vec::new();
+    for k in 0..3 {
+        let top = if k < 2 { core(k) } else { String::new() };
+        let mut a = match &shared {
+            Some(dir) => {
+                let host = 1 + k % 2;
+                let spool = Path::new(dir).join(format!("h{host}/spool"));
+                let mut a = Agent::configured(Some(&spool), &top, &source, extra);
+                let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/shared-fs");
+                a.wrap = vec![
+                    tool.display().to_string(),
+                    "exec".into(),
+                    dir.clone(),
+                    host.to_string(),
+                ];
+                a
+            }
+            None => {
+                let spool = agents.first().map(|a: &Agent| a.spool.clone());
+                Agent::configured(spool.as_deref(), &top, &source, extra)
+            }
+        };
+        a.spawn(&[]);
+        agents.push(a);
+    }
     let model_dir = agents[0].model_dir();
 
     // Job files, written beforehand: sizes 1..12, every format.
@@ -85,7 +110,7 @@ fn three_agents_under_kill_9_sigterm_and_sighup_end_every_job_exactly_once() {
     let t0 = Instant::now();
     while kills < kills_n || submitted.len() < jobs_n {
         for (path, x) in pending.by_ref().take(per_wave) {
-            let name = client::submit(&model_dir, std::path::Path::new(&path)).unwrap();
+            let name = client::submit(&model_dir, Path::new(&path)).unwrap();
             submitted.insert(name, x);
         }
         std::thread::sleep(Duration::from_millis(rng.below(300)));

@@ -20,6 +20,8 @@ pub struct Agent {
     pub config: PathBuf,
     /// The spool root (several agents may share one).
     pub spool: PathBuf,
+    /// A command the agent runs under (e.g. `shared-fs exec DIR 2`: as another host).
+    pub wrap: Vec<String>,
 }
 
 pub fn config_text(dir: &Path, model: &str, extra: &str) -> String {
@@ -81,6 +83,7 @@ impl Agent {
             child: None,
             config,
             spool,
+            wrap: Vec::new(),
         }
     }
 
@@ -98,7 +101,14 @@ impl Agent {
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_packrat"));
+        let mut cmd = match self.wrap.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(env!("CARGO_BIN_EXE_packrat"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_packrat")),
+        };
         cmd.args(["serve", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "info")

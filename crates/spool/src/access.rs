@@ -38,8 +38,19 @@ pub fn set_mode(dir: &Path, mode: u32) -> Result<()> {
     })?;
     // SAFETY: `open` just returned this descriptor and nothing else owns it.
     let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    fchmod(file.as_raw_fd(), Mode::from_bits_truncate(mode))
-        .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
+    match fchmod(file.as_raw_fd(), Mode::from_bits_truncate(mode)) {
+        // A sandbox that forbids setgid bits (systemd's RestrictSUIDSGID=): go without; results
+        // then get the agent's group instead of the spool's.
+        Err(Errno::EPERM) if mode & 0o2000 != 0 => {
+            log::warn!(
+                "cannot make {} setgid (the sandbox forbids it): results get the agent's own group",
+                dir.display()
+            );
+            fchmod(file.as_raw_fd(), Mode::from_bits_truncate(mode & !0o2000))
+        }
+        other => other,
+    }
+    .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
     Ok(())
 }
 
