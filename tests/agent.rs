@@ -4,7 +4,6 @@
 mod common;
 
 use std::fs;
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -166,65 +165,6 @@ fn sigterm_finishes_the_batch_in_flight_and_leaves_the_backlog_for_the_next_agen
         agent.wait(n).unwrap();
     }
     assert_eq!(agent.files("out"), names);
-}
-
-/// A socket standing in for systemd's `$NOTIFY_SOCKET`: like systemd, it reads continuously
-/// (a reader thread), and `seen` holds every message so far.
-struct NotifySocket {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-    messages: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    seen: Vec<String>,
-}
-
-impl NotifySocket {
-    fn bind() -> NotifySocket {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("notify.sock");
-        let sock = UnixDatagram::bind(&path).unwrap();
-        let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = messages.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = sock.recv(&mut buf) {
-                sink.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&buf[..n]).to_string());
-            }
-        });
-        NotifySocket {
-            _dir: dir,
-            path,
-            messages,
-            seen: Vec::new(),
-        }
-    }
-
-    fn env(&self) -> (&'static str, &str) {
-        ("NOTIFY_SOCKET", self.path.to_str().unwrap())
-    }
-
-    /// Waits until a message has a line starting with `want`; `seen` then holds the messages
-    /// received since the last `seen.clear()`.
-    fn recv_until(&mut self, want: &str) {
-        let t0 = Instant::now();
-        loop {
-            self.seen.extend(self.messages.lock().unwrap().drain(..));
-            if self
-                .seen
-                .iter()
-                .any(|m| m.lines().any(|l| l.starts_with(want)))
-            {
-                return;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(120),
-                "no {want}; got {:?}",
-                self.seen
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
 }
 
 #[test]
@@ -592,7 +532,7 @@ fn auto_plan_profiles_before_ready_then_reuses_the_cached_profile() {
 
 #[test]
 fn the_submit_command_waits_and_reports_failures() {
-    let agent = Agent::start("tiny_cnn", "plan = \"baseline\"");
+    let mut agent = Agent::start("tiny_cnn", "plan = \"baseline\"");
     let good = write_job(
         &agent.dir.path().join("good.npy"),
         &[("x".into(), input("tiny_cnn", 2))],
@@ -624,8 +564,9 @@ fn the_submit_command_waits_and_reports_failures() {
         out, out2,
         "a second submission of the same file gets its own output"
     );
+    // Exit codes a script can tell apart: 65 a failed job, 75 a timeout, 2 a usage error.
     let failed = run(&bad);
-    assert_eq!(failed.status.code(), Some(2));
+    assert_eq!(failed.status.code(), Some(65));
     assert!(String::from_utf8_lossy(&failed.stderr).contains("np.save"));
     let wrong = Command::new(env!("CARGO_BIN_EXE_packrat"))
         .arg("submit")
@@ -638,6 +579,22 @@ fn the_submit_command_waits_and_reports_failures() {
     assert!(
         !wrong.status.success() && String::from_utf8_lossy(&wrong.stderr).contains("no incoming/")
     );
+    let usage = Command::new(env!("CARGO_BIN_EXE_packrat"))
+        .arg("submit")
+        .output()
+        .unwrap();
+    assert_eq!(usage.status.code(), Some(2));
+    agent.stop(Signal::SIGTERM);
+    let late = Command::new(env!("CARGO_BIN_EXE_packrat"))
+        .arg("submit")
+        .arg("--spool")
+        .arg(&spool)
+        .args(["--model", "m", "--wait", "--timeout", "0.3"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(late.status.code(), Some(75));
+    assert!(String::from_utf8_lossy(&late.stderr).contains("is the agent running"));
 }
 
 #[test]
@@ -663,4 +620,112 @@ fn a_reload_never_profiles_while_serving() {
     agent.wait(&name).unwrap();
     let st = agent.status_when(|st| st["models"][0]["jobs_done"] == 1);
     assert_eq!(st["models"][0]["plan_source"], "baseline");
+}
+
+#[test]
+fn status_tells_a_dead_agent_from_a_live_one() {
+    let mut agent = Agent::start("tiny_cnn", "plan = \"baseline\"");
+    let state = agent.state();
+    let status = |json: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_packrat"));
+        c.args(["status", "--state-dir"]).arg(&state);
+        if json {
+            c.arg("--json");
+        }
+        c.output().unwrap()
+    };
+    let live = status(false);
+    assert_eq!(
+        live.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&live.stderr)
+    );
+    agent.stop(Signal::SIGKILL);
+    // Its last status said "serving"; once it is older than 10 s, status knows better.
+    let st = agent.state().join("status.json");
+    assert!(Command::new("touch")
+        .args(["-d", "30 seconds ago"])
+        .arg(&st)
+        .status()
+        .unwrap()
+        .success());
+    let dead = status(false);
+    let said = String::from_utf8_lossy(&dead.stdout);
+    assert_eq!(dead.status.code(), Some(3), "{said}");
+    assert!(said.contains("NOT RUNNING"), "{said}");
+    let json = status(true);
+    assert_eq!(json.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["alive"], false);
+    assert!(v["status_age_s"].as_f64().unwrap() > 20.0);
+}
+
+#[test]
+fn metrics_follow_prometheus_conventions() {
+    let agent = Agent::start("tiny_cnn", "plan = \"baseline\"");
+    let name = agent.submit("x.npy", &[("input".into(), input("tiny_cnn", 2))]);
+    agent.wait(&name).unwrap();
+    let path = agent.state().join("metrics.prom");
+    let done = "packrat_jobs_total{model=\"m\",outcome=\"done\"} 1";
+    let t0 = Instant::now();
+    let text = loop {
+        let text = fs::read_to_string(&path).unwrap_or_default();
+        if text.contains(done) || t0.elapsed() > Duration::from_secs(10) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mode = std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&path).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o644);
+    // Every sample belongs to a family announced with # HELP and # TYPE.
+    let mut families = std::collections::HashMap::new();
+    for l in text.lines().filter(|l| !l.starts_with("# HELP ")) {
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            families.insert(name.to_string(), kind.to_string());
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} has no HELP"
+            );
+        } else {
+            let name = l.split(['{', ' ']).next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| {
+                    name.strip_suffix(s)
+                        .filter(|f| families.get(*f).is_some_and(|k| k == "histogram"))
+                })
+                .unwrap_or(name);
+            assert!(
+                families.contains_key(family),
+                "sample without a family: {l}"
+            );
+        }
+    }
+    for (name, kind) in &families {
+        if kind == "counter" {
+            assert!(name.ends_with("_total"), "{name}");
+        }
+        assert!(!name.ends_with("_ms"), "base units: {name}");
+    }
+    assert!(
+        text.contains("packrat_jobs_total{model=\"m\",outcome=\"done\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("packrat_job_latency_seconds_bucket{model=\"m\",le=\"+Inf\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("packrat_job_latency_seconds_count{model=\"m\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "packrat_build_info{{version=\"{}\"",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
 }

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
-use tch::Tensor;
+use std::time::Duration;
+use tch::{Kind, Tensor};
 
 /// Generates the test models into a temp dir with the test venv's Python.
 fn models() -> tempfile::TempDir {
@@ -366,4 +367,40 @@ fn auto_precision_falls_back_to_f32_when_a_real_job_drifts() {
     assert!(std::fs::read_to_string(agent.state().join("metrics.prom"))
         .unwrap()
         .contains("packrat_precision_bf16{model=\"m\"} 0"));
+}
+
+#[test]
+fn a_hung_forward_pass_stops_the_watchdog_pings() {
+    let m = models();
+    let mut notify = NotifySocket::bind();
+    let source = m.path().join("hang.onnx").display().to_string();
+    let agent = Agent::start_full(
+        &source,
+        "input = [4]\nplan = \"baseline\"",
+        &[notify.env(), ("WATCHDOG_USEC", "1000000")],
+    );
+    notify.recv_until("WATCHDOG=1");
+    let x = Tensor::ones([2, 4], (Kind::Float, tch::Device::Cpu));
+    let name = agent.submit("quick.npy", &[("x".into(), x.shallow_clone())]);
+    assert_close(&read(&agent.wait(&name).unwrap())[0].1, &x);
+    // A job whose forward pass loops for days: the pings stop, so systemd would restart it.
+    let huge = Tensor::full([1, 4], 1e15, (Kind::Float, tch::Device::Cpu));
+    agent.submit("hang.npy", &[("x".into(), huge)]);
+    notify.recv_until("STATUS=stalled");
+    notify.seen.clear();
+    std::thread::sleep(Duration::from_millis(2500));
+    notify.seen.extend(notify.messages_now());
+    assert!(
+        !notify
+            .seen
+            .iter()
+            .any(|m| m.lines().any(|l| l == "WATCHDOG=1")),
+        "{:?}",
+        notify.seen
+    );
+    assert!(
+        agent.log().contains("a batch has been running"),
+        "{}",
+        agent.log()
+    );
 }

@@ -12,7 +12,24 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{ConfigError, EX_CONFIG};
+use crate::config::ConfigError;
+use crate::spool::client::TimedOut;
+
+/// Exit codes (sysexits where one fits), the same for every command.
+pub mod exit {
+    /// Something else went wrong (the message says what).
+    pub const FAILURE: i32 = 1;
+    /// clap's usage error.
+    pub const USAGE: i32 = 2;
+    /// `packrat status`: the agent is not running (LSB's "program is not running").
+    pub const NOT_RUNNING: i32 = 3;
+    /// `packrat submit --wait`: a job failed (EX_DATAERR).
+    pub const JOB_FAILED: i32 = 65;
+    /// `packrat submit --wait`: no outcome before the timeout (EX_TEMPFAIL).
+    pub const TIMEOUT: i32 = 75;
+    /// A bad config (EX_CONFIG); the unit does not restart on it.
+    pub const CONFIG: i32 = crate::config::EX_CONFIG;
+}
 
 #[derive(Parser)]
 #[command(
@@ -46,14 +63,30 @@ enum Cmd {
     Demo(demo::Args),
 }
 
+/// Logs go to stderr: under systemd (`JOURNAL_STREAM` set) each line starts with its syslog
+/// priority (`<3>` error … `<7>` debug), which journald reads, and carries no timestamp (journald
+/// has its own); on a terminal, plain timestamped lines. `RUST_LOG` filters as usual.
+fn init_logging() {
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        b.format(|f, r| {
+            use std::io::Write;
+            let prio = match r.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(f, "<{prio}>{}: {}", r.target(), r.args())
+        });
+    } else {
+        b.format_timestamp_millis();
+    }
+    b.init();
+}
+
 pub fn main() -> i32 {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp(if std::env::var_os("JOURNAL_STREAM").is_some() {
-            None
-        } else {
-            Some(env_logger::TimestampPrecision::Millis)
-        })
-        .init();
+    init_logging();
     let res = match Cli::parse().cmd {
         Cmd::Serve { config } => return crate::daemon::serve(&config),
         Cmd::Submit(args) => submit::run(&args),
@@ -68,9 +101,11 @@ pub fn main() -> i32 {
         Err(e) => {
             eprintln!("packrat: {e:#}");
             if e.downcast_ref::<ConfigError>().is_some() {
-                EX_CONFIG
+                exit::CONFIG
+            } else if e.downcast_ref::<TimedOut>().is_some() {
+                exit::TIMEOUT
             } else {
-                1
+                exit::FAILURE
             }
         }
     }

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use crate::config::{defaults, Config};
-use crate::daemon::status::Status;
+use crate::daemon::status::{AgentState, Status};
+
+/// A status older than this (it is rewritten every second) means the agent is gone.
+const STALE: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::planner::cores_str;
 
 #[derive(clap::Args)]
@@ -27,9 +30,29 @@ pub fn run(args: &Args) -> Result<i32> {
             .unwrap_or_else(|_| PathBuf::from(defaults::STATE_DIR)),
     };
     let st = Status::read(&dir)?;
+    // A serving agent rewrites its status every second; one that stopped saying so is dead (or
+    // hung). The file's age, not its pid: /proc may hide the agent from other users.
+    let age = std::fs::metadata(dir.join("status.json"))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .unwrap_or_default();
+    let alive = st.state == AgentState::Serving && age < STALE;
+    let code = if alive { 0 } else { super::exit::NOT_RUNNING };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
-        return Ok(0);
+        let mut v = serde_json::to_value(&st)?;
+        v["alive"] = alive.into();
+        v["status_age_s"] = age.as_secs_f64().into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(code);
+    }
+    if st.state == AgentState::Serving && !alive {
+        println!(
+            "packrat pid {}: NOT RUNNING — its status is {:.0} s old (it was serving); it died or hangs: see journalctl -u packrat",
+            st.pid,
+            age.as_secs_f64()
+        );
+        return Ok(code);
     }
     println!(
         "packrat pid {} — {} (updated {}, config {})",
@@ -102,5 +125,5 @@ pub fn run(args: &Args) -> Result<i32> {
             );
         }
     }
-    Ok(0)
+    Ok(code)
 }

@@ -50,7 +50,7 @@ pub fn run(args: &Args) -> Result<i32> {
             Outcome::Output(p) => println!("{}", p.display()),
             Outcome::Failed(reason) => {
                 eprintln!("{n}: failed: {reason}");
-                code = 2;
+                code = super::exit::JOB_FAILED;
             }
         }
     }

@@ -146,6 +146,27 @@ impl Agent {
         }
     }
 
+    /// Whether every model is making progress: its dispatcher is alive, and idle or running a
+    /// batch that started less than `limit` ago. The watchdog pings only then.
+    pub fn progress(&self, limit: Duration) -> Result<(), String> {
+        for (rt, d) in self.models.iter().zip(&self.dispatchers) {
+            if d.is_finished() {
+                return Err(format!(
+                    "model {}: its dispatcher thread is gone",
+                    rt.cfg.name
+                ));
+            }
+            if let Some(t) = rt.stuck_for().filter(|t| *t > limit) {
+                return Err(format!(
+                    "model {}: a batch has been running for {:.0} s",
+                    rt.cfg.name,
+                    t.as_secs_f64()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// What systemd's `STATUS=` should say now.
     pub fn status_line(&self) -> String {
         let troubles: Vec<String> = self

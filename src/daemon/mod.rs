@@ -99,6 +99,7 @@ pub fn serve_until_shutdown(agent: &mut Agent, events: &Receiver<Event>) {
         agent.config.spool.display()
     );
     let mut status_line = agent.status_line();
+    let mut stalled = false;
     let mut pending: Option<Event> = None;
     loop {
         let next = match pending.take() {
@@ -131,7 +132,20 @@ pub fn serve_until_shutdown(agent: &mut Agent, events: &Receiver<Event>) {
             agent.scan();
         }
         if watchdog.as_mut().is_some_and(Every::due) {
-            agent.notifier.send("WATCHDOG=1");
+            // "Alive" means making progress: a hung forward pass withholds the ping, so systemd
+            // restarts the agent after WatchdogSec (its claims are then taken over).
+            match agent.progress(watchdog_period.unwrap_or_default() * 2) {
+                Ok(()) => {
+                    agent.notifier.send("WATCHDOG=1");
+                    stalled = false;
+                }
+                Err(why) if !stalled => {
+                    log::error!("{why}: no watchdog ping until it moves; systemd restarts the agent after WatchdogSec");
+                    agent.notifier.status(&format!("stalled: {why}"));
+                    stalled = true;
+                }
+                Err(_) => {}
+            }
         }
         if status.due() {
             agent.write_status(AgentState::Serving);

@@ -6,7 +6,11 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::runtime::stats::Histogram;
 use crate::runtime::ModelStatus;
+
+/// A per-model gauge's value, if it has one now.
+type Gauge = fn(&ModelStatus) -> Option<f64>;
 
 /// What the agent is doing, as `status.json` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,46 +63,128 @@ impl Status {
             .with_context(|| format!("{} is not a packrat status file", p.display()))
     }
 
+    /// The metrics in Prometheus' text format, by its conventions: `# HELP` and `# TYPE` for
+    /// every family, base units (seconds), `_total` counters, histograms, a `build_info`.
     fn prometheus(&self) -> String {
         let mut s = String::new();
-        s.push_str(
-            "# TYPE packrat_jobs_done_total counter\n# TYPE packrat_jobs_failed_total counter\n",
+        let mut family = |name: &str, kind: &str, help: &str, samples: Vec<String>| {
+            s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for x in samples {
+                s.push_str(&x);
+                s.push('\n');
+            }
+        };
+        family(
+            "packrat_build_info",
+            "gauge",
+            "The running packrat and the engine versions it was built with (always 1).",
+            vec![format!(
+                "packrat_build_info{{version=\"{}\",libtorch=\"{}\",onnxruntime=\"{}\",openvino=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION"),
+                crate::LIBTORCH_VERSION,
+                crate::engine::ONNXRUNTIME_VERSION,
+                crate::engine::OPENVINO_VERSION
+            )],
         );
-        s.push_str("# TYPE packrat_queue_depth gauge\n# TYPE packrat_job_latency_ms gauge\n# TYPE packrat_instances gauge\n");
-        s.push_str("# TYPE packrat_precision_bf16 gauge\n# TYPE packrat_bf16_drift_ratio gauge\n");
-        s.push_str("# HELP packrat_spool_disk_full 1 while jobs are held because the spool's disk is full.\n# TYPE packrat_spool_disk_full gauge\n");
-        s.push_str("# HELP packrat_spool_write_blocked 1 while jobs are held because the spool cannot be written.\n# TYPE packrat_spool_write_blocked gauge\n");
-        for m in &self.models {
-            let l = format!("model=\"{}\"", m.name);
-            s.push_str(&format!("packrat_jobs_done_total{{{l}}} {}\n", m.jobs_done));
-            s.push_str(&format!(
-                "packrat_jobs_failed_total{{{l}}} {}\n",
-                m.jobs_failed
-            ));
-            s.push_str(&format!("packrat_queue_depth{{{l}}} {}\n", m.queue_depth));
-            s.push_str(&format!(
-                "packrat_instances{{{l}}} {}\n",
-                m.plan_max_batch.instances.len()
-            ));
-            s.push_str(&format!(
-                "packrat_precision_bf16{{{l}}} {}\n",
-                u8::from(m.precision.in_use == "bf16")
-            ));
-            s.push_str(&format!(
-                "packrat_spool_disk_full{{{l}}} {}\npackrat_spool_write_blocked{{{l}}} {}\n",
-                u8::from(m.disk_full),
-                u8::from(m.storage_problem.is_some())
-            ));
-            if let Some(d) = m.precision.bf16_drift {
-                s.push_str(&format!("packrat_bf16_drift_ratio{{{l}}} {d:.6}\n"));
-            }
-            for (q, v) in [("0.5", m.latency_p50_ms), ("0.99", m.latency_p99_ms)] {
-                if let Some(v) = v {
-                    s.push_str(&format!(
-                        "packrat_job_latency_ms{{{l},quantile=\"{q}\"}} {v:.3}\n"
-                    ));
-                }
-            }
+        let per_model = |f: &dyn Fn(&ModelStatus, &str) -> Vec<String>| -> Vec<String> {
+            self.models
+                .iter()
+                .flat_map(|m| f(m, &format!("model=\"{}\"", m.name)))
+                .collect()
+        };
+        family(
+            "packrat_jobs_total",
+            "counter",
+            "Jobs that ended, by outcome (done: an output; failed: a failure record).",
+            per_model(&|m, l| {
+                vec![
+                    format!("packrat_jobs_total{{{l},outcome=\"done\"}} {}", m.jobs_done),
+                    format!(
+                        "packrat_jobs_total{{{l},outcome=\"failed\"}} {}",
+                        m.jobs_failed
+                    ),
+                ]
+            }),
+        );
+        family(
+            "packrat_batches_total",
+            "counter",
+            "Batches run (several jobs may share one).",
+            per_model(&|m, l| vec![format!("packrat_batches_total{{{l}}} {}", m.batches)]),
+        );
+        for (name, help, pick) in [
+            (
+                "packrat_job_latency_seconds",
+                "Time from claiming a job to publishing its output.",
+                (|m: &ModelStatus| &m.job_latency) as fn(&ModelStatus) -> &Histogram,
+            ),
+            (
+                "packrat_batch_latency_seconds",
+                "Forward time of one batch on its instances.",
+                |m: &ModelStatus| &m.batch_latency,
+            ),
+        ] {
+            family(
+                name,
+                "histogram",
+                help,
+                per_model(&|m, l| {
+                    let h = pick(m);
+                    let mut v: Vec<String> = h
+                        .cumulative()
+                        .into_iter()
+                        .map(|(le, c)| format!("{name}_bucket{{{l},le=\"{le}\"}} {c}"))
+                        .collect();
+                    v.push(format!("{name}_sum{{{l}}} {:.6}", h.sum_s));
+                    v.push(format!("{name}_count{{{l}}} {}", h.count));
+                    v
+                }),
+            );
+        }
+        let gauges: [(&str, &str, Gauge); 6] = [
+            (
+                "packrat_jobs_waiting",
+                "Jobs seen waiting in incoming/ or held by this agent.",
+                |m| Some(m.queue_depth as f64),
+            ),
+            (
+                "packrat_instances",
+                "Instances of the plan for max_batch.",
+                |m| Some(m.plan_max_batch.instances.len() as f64),
+            ),
+            (
+                "packrat_precision_bf16",
+                "1 while the model serves in bf16.",
+                |m| Some(f64::from(u8::from(m.precision.in_use == "bf16"))),
+            ),
+            (
+                "packrat_bf16_drift_ratio",
+                "Largest bf16-vs-f32 output difference measured, over the largest f32 output.",
+                |m| m.precision.bf16_drift,
+            ),
+            (
+                "packrat_spool_disk_full",
+                "1 while jobs are held because the spool's disk is full.",
+                |m| Some(f64::from(u8::from(m.disk_full))),
+            ),
+            (
+                "packrat_spool_write_blocked",
+                "1 while jobs are held because the spool cannot be written.",
+                |m| Some(f64::from(u8::from(m.storage_problem.is_some()))),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            family(
+                name,
+                "gauge",
+                help,
+                per_model(&|m, l| {
+                    value(m)
+                        .map(|v| format!("{name}{{{l}}} {v}"))
+                        .into_iter()
+                        .collect()
+                }),
+            );
         }
         s
     }

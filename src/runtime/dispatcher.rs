@@ -157,6 +157,7 @@ fn run_group(rt: &ModelRuntime, mut group: Vec<Loaded>) {
         }
         return;
     }
+    rt.busy(true);
     let result = if group.len() == 1 {
         let out = run_one(rt, &group[0]);
         if let Ok(out) = &out {
@@ -166,6 +167,7 @@ fn run_group(rt: &ModelRuntime, mut group: Vec<Loaded>) {
     } else {
         run_coalesced(rt, &group)
     };
+    rt.busy(false);
     match result {
         Ok(outs) => {
             for (l, out) in group.into_iter().zip(outs) {

@@ -62,6 +62,10 @@ pub struct ModelStatus {
     pub storage_problem: Option<String>,
     #[serde(default)]
     pub disk_full: bool,
+    #[serde(default)]
+    pub job_latency: stats::Histogram,
+    #[serde(default)]
+    pub batch_latency: stats::Histogram,
     /// This agent's claim folder under the model's `claims/`.
     #[serde(default)]
     pub agent_id: String,
@@ -79,6 +83,8 @@ pub struct ModelRuntime {
     stats: Mutex<Stats>,
     drift: Mutex<Drift>,
     storage: Mutex<StorageHealth>,
+    /// When the batch now running started (None: idle). The watchdog reads it.
+    busy_since: Mutex<Option<Instant>>,
     precision: Mutex<PrecisionStatus>,
     /// The f32 twin an `auto` model checks real jobs against, while it serves bf16.
     twin: Mutex<Option<Arc<Model>>>,
@@ -101,6 +107,7 @@ impl ModelRuntime {
             stats: Mutex::new(Stats::default()),
             drift: Mutex::new(Drift::default()),
             storage: Mutex::new(StorageHealth::default()),
+            busy_since: Mutex::new(None),
             precision: Mutex::new(resolved.status),
             twin: Mutex::new(resolved.twin),
         }
@@ -268,6 +275,19 @@ impl ModelRuntime {
         }
     }
 
+    /// Marks a batch as running (`true`) or done; see [`ModelRuntime::stuck_for`].
+    fn busy(&self, running: bool) {
+        *self.busy_since.lock().unwrap_or_else(|p| p.into_inner()) = running.then(Instant::now);
+    }
+
+    /// How long the batch now running has run, if one is.
+    pub fn stuck_for(&self) -> Option<std::time::Duration> {
+        self.busy_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed())
+    }
+
     /// Starts the dispatcher thread; it runs until [`ModelRuntime::stop`].
     pub fn spawn_dispatcher(self: &Arc<Self>) -> std::io::Result<JoinHandle<()>> {
         let rt = self.clone();
@@ -338,6 +358,8 @@ impl ModelRuntime {
                 .recent_error_pct(),
             storage_problem,
             disk_full,
+            job_latency: stats.job_latency.clone(),
+            batch_latency: stats.batch_latency.clone(),
             agent_id: self.spool.agent_id().to_string(),
             engine: self.model().engine.name().into(),
             precision: self

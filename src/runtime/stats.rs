@@ -4,6 +4,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use crate::planner::stats::percentile;
 
 /// How many recent values the windows keep.
@@ -22,6 +24,58 @@ fn push_bounded(v: &mut VecDeque<f64>, x: f64) {
     v.push_back(x);
 }
 
+/// Upper bounds of the latency histograms' buckets, in seconds (Prometheus' base unit).
+pub const BUCKETS_S: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A Prometheus histogram: per-bucket counts (not cumulative; the last is +Inf), sum, count.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Histogram {
+    pub counts: Vec<u64>,
+    pub sum_s: f64,
+    pub count: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: vec![0; BUCKETS_S.len() + 1],
+            sum_s: 0.0,
+            count: 0,
+        }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&mut self, d: Duration) {
+        let s = d.as_secs_f64();
+        let k = BUCKETS_S
+            .iter()
+            .position(|&b| s <= b)
+            .unwrap_or(BUCKETS_S.len());
+        if let Some(c) = self.counts.get_mut(k) {
+            *c += 1;
+        }
+        self.sum_s += s;
+        self.count += 1;
+    }
+
+    /// (le, cumulative count) pairs as Prometheus writes them, ending with `+Inf`.
+    pub fn cumulative(&self) -> Vec<(String, u64)> {
+        let mut acc = 0;
+        let mut v = Vec::new();
+        for (k, c) in self.counts.iter().enumerate() {
+            acc += c;
+            let le = BUCKETS_S
+                .get(k)
+                .map_or_else(|| "+Inf".to_string(), |b| b.to_string());
+            v.push((le, acc));
+        }
+        v
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Stats {
     pub done: u64,
@@ -30,17 +84,23 @@ pub struct Stats {
     /// Sum of every batch's forward time (with `batches`, a Prometheus-style summary).
     pub batch_ms_sum: f64,
     latencies_ms: VecDeque<f64>,
+    /// Claim to output, per job.
+    pub job_latency: Histogram,
+    /// Forward time, per batch.
+    pub batch_latency: Histogram,
 }
 
 impl Stats {
     pub fn record_batch(&mut self, took: Duration) {
         self.batches += 1;
         self.batch_ms_sum += took.as_secs_f64() * 1e3;
+        self.batch_latency.observe(took);
     }
 
     pub fn record_done(&mut self, latency: Duration) {
         self.done += 1;
         push_bounded(&mut self.latencies_ms, latency.as_secs_f64() * 1e3);
+        self.job_latency.observe(latency);
     }
 
     /// The p-th percentile of recent job latencies, in ms.
@@ -119,5 +179,19 @@ mod tests {
         }
         assert_eq!(s.done, 100);
         assert_eq!(s.percentile(50.0), Some(50.0));
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_end_in_inf() {
+        let mut h = Histogram::default();
+        for ms in [0.5, 3.0, 3.0, 40_000.0] {
+            h.observe(Duration::from_secs_f64(ms / 1e3));
+        }
+        let c = h.cumulative();
+        assert_eq!(c[0], ("0.001".to_string(), 1));
+        assert_eq!(c[2], ("0.005".to_string(), 3));
+        assert_eq!(c.last().unwrap(), &("+Inf".to_string(), 4));
+        assert_eq!(c[c.len() - 2].1, 3, "40 s is above the last finite bucket");
+        assert_eq!(h.count, 4);
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own part of it
 
 use std::fs;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -310,4 +311,68 @@ pub fn task_cpus(pid: Pid) -> Vec<(i32, String, String)> {
             (tid, comm, cpus)
         })
         .collect()
+}
+
+/// A socket standing in for systemd's `$NOTIFY_SOCKET`: like systemd, it reads continuously
+/// (a reader thread), and `seen` holds every message so far.
+pub struct NotifySocket {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    messages: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub seen: Vec<String>,
+}
+
+impl NotifySocket {
+    pub fn bind() -> NotifySocket {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = messages.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                sink.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).to_string());
+            }
+        });
+        NotifySocket {
+            _dir: dir,
+            path,
+            messages,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Messages received and not yet moved to `seen`.
+    pub fn messages_now(&self) -> Vec<String> {
+        self.messages.lock().unwrap().drain(..).collect()
+    }
+
+    pub fn env(&self) -> (&'static str, &str) {
+        ("NOTIFY_SOCKET", self.path.to_str().unwrap())
+    }
+
+    /// Waits until a message has a line starting with `want`; `seen` then holds the messages
+    /// received since the last `seen.clear()`.
+    pub fn recv_until(&mut self, want: &str) {
+        let t0 = Instant::now();
+        loop {
+            self.seen.extend(self.messages.lock().unwrap().drain(..));
+            if self
+                .seen
+                .iter()
+                .any(|m| m.lines().any(|l| l.starts_with(want)))
+            {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "no {want}; got {:?}",
+                self.seen
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
 }

@@ -118,3 +118,39 @@ with open(f"{out}/not_onnx.onnx", "w") as f:
 import openvino as ov  # noqa: E402
 
 ov.save_model(ov.convert_model(f"{out}/cnn.onnx"), f"{out}/cnn.xml", compress_to_fp16=False)
+
+
+# hang: y = x, after a Loop of max|x| iterations. Warm-up inputs (randn) loop a few times; a job
+# whose values are ~1e15 loops for days: a forward pass that hangs (the watchdog test).
+body = helper.make_graph(
+    [
+        helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        helper.make_node("Identity", ["v_in"], ["v_out"]),
+    ],
+    "body",
+    [
+        helper.make_tensor_value_info("i", TensorProto.INT64, []),
+        helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+        helper.make_tensor_value_info("v_in", TensorProto.FLOAT, ["N", 4]),
+    ],
+    [
+        helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+        helper.make_tensor_value_info("v_out", TensorProto.FLOAT, ["N", 4]),
+    ],
+)
+hang = helper.make_model(
+    helper.make_graph(
+        [
+            helper.make_node("Abs", ["x"], ["ax"]),
+            helper.make_node("ReduceMax", ["ax"], ["mx"], keepdims=0),
+            helper.make_node("Cast", ["mx"], ["M"], to=TensorProto.INT64),
+            helper.make_node("Loop", ["M", "C", "x"], ["y"], body=body),
+        ],
+        "hang",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(np.array(True), "C")],
+    ),
+    opset_imports=[helper.make_opsetid("", 17)],
+)
+save(hang, "hang")

@@ -57,6 +57,11 @@ pub fn submit(model_dir: &Path, file: &Path) -> Result<String> {
     bail!("no free job name for {}", file.display())
 }
 
+/// No outcome within the timeout (`packrat submit --wait` exits 75, EX_TEMPFAIL).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TimedOut(String);
+
 /// How a submitted job ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -117,10 +122,11 @@ pub fn wait(model_dir: &Path, name: &str, timeout: Duration) -> Result<Outcome> 
             return Ok(Outcome::Failed(reason));
         }
         if t0.elapsed() > timeout {
-            bail!(
+            return Err(TimedOut(format!(
                 "{name}: no output after {:.0} s: is the agent running (systemctl status packrat)?",
                 timeout.as_secs_f64()
-            );
+            ))
+            .into());
         }
         std::thread::sleep(Duration::from_millis(5));
     }
