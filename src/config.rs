@@ -246,6 +246,13 @@ impl Config {
                 "write spool = \"/var/spool/packrat\"",
             );
         }
+        if let Some(d) = raw.state_dir.as_ref().filter(|d| !d.is_absolute()) {
+            return refuse(
+                "state_dir",
+                format!("'{}' is not an absolute path", d.display()),
+                "write state_dir = \"/var/lib/packrat\" (or leave it out)",
+            );
+        }
         let cores = raw.cores.as_deref().map(cores).transpose()?;
         if !(10..=600_000).contains(&raw.rescan_interval_ms) {
             return refuse(
@@ -691,6 +698,10 @@ mod tests {
             (
                 format!("spool = \"/s\"\noutput_mode = \"4755\"\n{m}"),
                 "output_mode",
+            ),
+            (
+                format!("spool = \"/s\"\nstate_dir = \"rel/state\"\n{m}"),
+                "state_dir",
             ),
             (
                 format!("spool = \"/s\"\noutput_mode = \"0044\"\n{m}"),

@@ -375,17 +375,50 @@ fn a_bad_config_is_refused_with_the_field_and_exit_78() {
             "unknown field `core`",
         ),
     ];
-    for (source, extra, want) in cases {
+    let file = dir.path().join("a-file");
+    fs::write(&file, b"").unwrap();
+    let spool = dir.path().join("spool");
+    let n = allowed_cpus().len();
+    let too_many = format!(
+        "cores = \"0-{}\"",
+        allowed_cpus().iter().max().unwrap() + 64
+    );
+    let wide = format!("plan = [{{ threads = {}, batch = 1 }}]", n + 1);
+    let mut all: Vec<(&Path, &str, &str, &str, &str)> = cases
+        .iter()
+        .map(|&(source, extra, want)| (spool.as_path(), "", source, extra, want))
+        .collect();
+    all.extend([
+        (spool.as_path(), too_many.as_str(), tiny, "", "cores"),
+        (spool.as_path(), "", tiny, wide.as_str(), "model[0].plan"),
+        (file.as_path(), "", tiny, "", "spool"),
+        (
+            spool.as_path(),
+            "state_dir = \"rel/state\"",
+            tiny,
+            "",
+            "state_dir",
+        ),
+    ]);
+    for (spool, top, source, extra, want) in all {
         let cfg = dir.path().join("bad.toml");
-        fs::write(&cfg, config_with_source(dir.path(), source, extra)).unwrap();
+        let mut text = config_on_spool(dir.path(), spool, top, source, extra);
+        if top.starts_with("state_dir") {
+            text = text.replacen("state_dir", "# state_dir", 1);
+        }
+        fs::write(&cfg, text).unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_packrat"))
             .args(["serve", "--config"])
             .arg(&cfg)
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(78), "{extra}");
         let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{top} {extra}: {err}");
         assert!(err.contains(want) && err.contains("fix:"), "{extra}: {err}");
+        assert!(
+            !err.contains("libc10") && !err.contains("frame #"),
+            "a C++ backtrace: {err}"
+        );
     }
 }
 

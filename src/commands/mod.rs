@@ -10,7 +10,7 @@ mod submit;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::ConfigError;
 use crate::spool::client::TimedOut;
@@ -87,7 +87,19 @@ fn init_logging() {
 
 pub fn main() -> i32 {
     init_logging();
-    let res = match Cli::parse().cmd {
+    // --version names the engines this binary runs, not only the crate.
+    let version = format!(
+        "{} (libtorch {}, ONNX Runtime {}, OpenVINO {})",
+        env!("CARGO_PKG_VERSION"),
+        crate::LIBTORCH_VERSION,
+        crate::engine::ONNXRUNTIME_VERSION,
+        crate::engine::OPENVINO_VERSION
+    );
+    let matches = Cli::command()
+        .version(&*Box::leak(version.into_boxed_str()))
+        .get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let res = match cli.cmd {
         Cmd::Serve { config } => return crate::daemon::serve(&config),
         Cmd::Submit(args) => submit::run(&args),
         Cmd::Status(args) => status::run(&args),

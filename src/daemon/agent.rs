@@ -38,7 +38,13 @@ pub struct Agent {
 impl Agent {
     /// Loads, plans, warms up and recovers every model, then starts their dispatchers.
     pub fn start(config: Config, notifier: Notifier) -> Result<Agent> {
-        let topo = config.topology()?;
+        let topo = config.topology().map_err(|e| ConfigError {
+            file: config.path.display().to_string(),
+            field: "cores".into(),
+            problem: format!("{:#}", e.root_cause()),
+            fix: "list only cores this process may use (see `taskset -p $$`), or leave cores out"
+                .into(),
+        })?;
         log::info!("using {} cores: {:?}", topo.len(), topo.ordered());
         let mut models = Vec::new();
         for (i, mc) in config.models.iter().enumerate() {
@@ -69,7 +75,18 @@ impl Agent {
                 fix: "point spool at a directory the agent may write (not a symlinked one); see the README's spool section".into(),
             })?;
             spool.clean_tmp(Duration::from_secs(config.tmp_max_age_s));
-            let table = Self::plan(&config, &topo, &notifier, mc, &model, Profiling::Allowed)?;
+            let table = Self::plan(&config, &topo, &notifier, mc, &model, Profiling::Allowed)
+                .map_err(|e| match &mc.plan {
+                    // A fixed plan that cannot run here is the config's mistake.
+                    PlanChoice::Fixed(_) => ConfigError {
+                        file: config.path.display().to_string(),
+                        field: format!("model[{i}].plan"),
+                        problem: format!("{e:#}"),
+                        fix: "give the instances at most as many threads (and cores) as `cores` allows, or use plan = \"auto\"".into(),
+                    }
+                    .into(),
+                    _ => e,
+                })?;
             let rt = Arc::new(ModelRuntime::new(mc.clone(), resolved, spool, table));
             notifier.status(&format!("warming up model {}", mc.name));
             rt.warm_up()?;
