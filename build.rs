@@ -7,6 +7,8 @@
 fn main() {
     if let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+        // Installed from the .deb: libtorch sits under /usr/lib/packrat beside /usr/bin.
+        println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN/../lib/packrat/libtorch/lib");
         // The TorchScript optimisation shim, against the same libtorch (flags as torch-sys).
         let include = std::path::Path::new(&dir).join("../include");
         cc::Build::new()

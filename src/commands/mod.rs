@@ -1,6 +1,7 @@
 //! The `packrat` command line, one file per command. Each command is thin: it parses its
 //! arguments and calls the layers below; no command imports another.
 
+mod assets;
 mod bench;
 mod demo;
 mod plan;
@@ -61,6 +62,9 @@ enum Cmd {
     Bench(bench::Args),
     /// The guided tour: an agent on a temporary spool with a built-in model.
     Demo(demo::Args),
+    /// Write the man pages and shell completions into a directory (for packaging).
+    #[command(hide = true)]
+    Assets(assets::Args),
 }
 
 /// Logs go to stderr: under systemd (`JOURNAL_STREAM` set) each line starts with its syslog
@@ -107,6 +111,7 @@ pub fn main() -> i32 {
         Cmd::Profile(args) => profile::run(&args),
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Demo(args) => demo::run(&args),
+        Cmd::Assets(args) => assets::run(&args),
     };
     match res {
         Ok(code) => code,

@@ -168,6 +168,24 @@ pub fn split_outputs(out: Outputs, sizes: &[usize]) -> Result<Vec<Outputs>> {
     Ok(parts)
 }
 
+/// Where an engine's runtime library is: `$env_var` if set; else where the build found it, if
+/// it is still there; else where the .deb installs it (`/usr/lib/packrat/<packaged>`, found
+/// beside the binary as `../lib/packrat/<packaged>`).
+fn library_path(env_var: &str, built: &str, packaged: &str) -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os(env_var) {
+        return p.into();
+    }
+    let built = std::path::PathBuf::from(built);
+    if built.exists() {
+        return built;
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("../lib/packrat").join(packaged)))
+        .filter(|p| p.exists())
+        .unwrap_or(built)
+}
+
 /// Largest |a − b| over the largest |a|, over every output (how far `b` drifted from `a`); an
 /// error when the outputs do not even match in names or shapes.
 pub fn relative_difference(a: &Outputs, b: &Outputs) -> Result<f64> {

@@ -27,9 +27,11 @@ pub const ONNXRUNTIME_VERSION: &str = "1.32.0";
 /// Where the runtime library is: `$PACKRAT_ONNXRUNTIME` when set, else the path baked in at
 /// build time.
 pub fn library_path() -> PathBuf {
-    std::env::var_os("PACKRAT_ONNXRUNTIME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("PACKRAT_ORT_LIB")))
+    super::library_path(
+        "PACKRAT_ONNXRUNTIME",
+        env!("PACKRAT_ORT_LIB"),
+        "onnxruntime/libonnxruntime.so.1",
+    )
 }
 
 /// Spinning pool threads gained ≤ 2 % on ResNet-50 (1×2 threads; nothing at 2×1) and burn a

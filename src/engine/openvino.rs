@@ -24,9 +24,11 @@ pub const OPENVINO_VERSION: &str = "2026.4.0";
 /// Where the runtime is looked for: `$PACKRAT_OPENVINO` when set (and then only there), else
 /// the path baked in at build time.
 pub fn library_path() -> PathBuf {
-    std::env::var_os("PACKRAT_OPENVINO")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("PACKRAT_OPENVINO_LIB")))
+    super::library_path(
+        "PACKRAT_OPENVINO",
+        env!("PACKRAT_OPENVINO_LIB"),
+        "openvino/libs/libopenvino_c.so",
+    )
 }
 
 static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
