@@ -38,6 +38,13 @@ pub fn set_mode(dir: &Path, mode: u32) -> Result<()> {
     })?;
     // SAFETY: `open` just returned this descriptor and nothing else owns it.
     let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // Already right: leave it (the folder may belong to the admin, who made it so).
+    let current = file
+        .metadata()
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777);
+    if current.is_ok_and(|m| m == mode) {
+        return Ok(());
+    }
     match fchmod(file.as_raw_fd(), Mode::from_bits_truncate(mode)) {
         // A sandbox that forbids setgid bits (systemd's RestrictSUIDSGID=): go without; results
         // then get the agent's group instead of the spool's.
