@@ -107,10 +107,19 @@ fn kill_9_loops_fail_no_job_that_was_only_queued() {
     agent.stop(Signal::SIGTERM);
     let jobs = submit_many(&agent, "resnet18", 60, 1);
     for _ in 0..3 {
+        // Kill once a batch has finished since the start (the taken-over jobs run first, so
+        // they are done): usually mid-way through the next batch, however slow the machine.
+        let before = agent.files("out").len();
         agent.spawn(&[]);
-        std::thread::sleep(Duration::from_millis(300));
+        wait_for(60, "no batch finished", || {
+            agent.files("out").len() > before
+        });
         agent.stop(Signal::SIGKILL);
     }
+    assert!(
+        agent.files("out").len() < jobs.len(),
+        "the kills came too late to matter"
+    );
     agent.spawn(&[]);
     for (n, _) in &jobs {
         agent.wait(n).unwrap();
