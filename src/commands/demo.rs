@@ -141,7 +141,7 @@ pub fn run(args: &Args) -> Result<i32> {
         .arg(&state)
         .output()?;
     print!("{}", String::from_utf8_lossy(&st.stdout));
-    println!("\nstopping the agent with SIGTERM (it drains, then exits 0)");
+    println!("\nstopping the agent with SIGTERM (it finishes the batch in flight, gives back the rest, exits 0)");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(agent.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
