@@ -8,11 +8,14 @@
 //! CI runs 200,000 mutants; `packaging/fuzz.sh` runs 5,000,000 (`PACKRAT_FUZZ_ITERS`).
 //! `PACKRAT_FUZZ_SEED` replays a run; a failing mutant is saved under `target/fuzz-failures/`.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use common::Rng;
 use packrat::tensorfile::{self, Format};
 use tch::{Kind, Tensor};
 
@@ -45,20 +48,6 @@ static ALLOC: Counting = Counting;
 const BUDGET: u64 = 256 << 10;
 /// What a reader may allocate beyond the data itself: its fixed 64 KiB header buffer.
 const SLACK: usize = 64 << 10;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 /// Valid files of every format: the mutation seeds.
 fn seeds(dir: &std::path::Path) -> Vec<(Format, Vec<u8>)> {

@@ -23,22 +23,6 @@ use tch::Tensor;
 
 const FORMATS: [&str; 3] = ["npy", "npz", "safetensors"];
 
-/// xorshift64*: a reproducible stream of choices.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -94,7 +78,7 @@ fn three_agents_under_kill_9_sigterm_and_sighup_end_every_job_exactly_once() {
     let staging = tempfile::tempdir().unwrap();
     let mut inputs: Vec<(String, Tensor)> = Vec::new();
     for i in 0..jobs_n {
-        let fmt = FORMATS[rng.below(3) as usize];
+        let fmt = FORMATS[rng.below(3)];
         let x = input(model, 1 + rng.below(12) as i64);
         let path = staging.path().join(format!("s{i:05}.{fmt}"));
         write_job(&path, &[("input".into(), x.shallow_clone())]);
@@ -113,8 +97,8 @@ fn three_agents_under_kill_9_sigterm_and_sighup_end_every_job_exactly_once() {
             let name = client::submit(&model_dir, Path::new(&path)).unwrap();
             submitted.insert(name, x);
         }
-        std::thread::sleep(Duration::from_millis(rng.below(300)));
-        let k = rng.below(3) as usize;
+        std::thread::sleep(Duration::from_millis(rng.below(300) as u64));
+        let k = rng.below(3);
         match rng.below(10) {
             0..=5 if kills < kills_n => {
                 agents[k].stop(Signal::SIGKILL);

@@ -154,12 +154,17 @@ impl Agent {
             .collect()
     }
 
-    /// Looks at what waits in every model's incoming/ (claimed only when it runs), and takes
-    /// over the jobs of agents on the same spools that are gone.
+    /// Looks at what waits in every model's incoming/ (claimed only when it runs).
     pub fn scan(&self) {
         for rt in &self.models {
-            rt.take_over();
             rt.offer_waiting();
+        }
+    }
+
+    /// Takes over the jobs of agents on the same spools that are gone.
+    pub fn take_over(&self) {
+        for rt in &self.models {
+            rt.take_over();
         }
     }
 
@@ -190,8 +195,7 @@ impl Agent {
             .models
             .iter()
             .filter_map(|rt| {
-                rt.status()
-                    .storage_problem
+                rt.storage_problem()
                     .map(|p| format!("model {}: {p}", rt.cfg.name))
             })
             .collect();

@@ -3,8 +3,8 @@
 //! Start-up order: config (refused → exit 78) → models loaded → plans (cached profile, fresh
 //! profile, config or baseline) → instances warmed → jobs of dead agents taken over → READY=1.
 //! inotify wake-ups and a periodic rescan (inotify overflows and misses other hosts' writes)
-//! both lead to a scan of every incoming/ and a look for dead agents' claims; dispatchers claim
-//! lazily from what the scan saw. SIGHUP re-reads the config and re-plans; a bad new config is
+//! both lead to a scan of every incoming/; the rescan also looks for dead agents' claims.
+//! Dispatchers claim lazily from what the scan saw. SIGHUP re-reads the config and re-plans; a bad new config is
 //! refused and the old one stays. SIGTERM/SIGINT finish the batch in flight, give back what is
 //! still claimed, and exit 0.
 //!
@@ -129,6 +129,8 @@ pub fn serve_until_shutdown(agent: &mut Agent, events: &Receiver<Event>) {
             Err(RecvTimeoutError::Timeout) => {}
         }
         if rescan.due() {
+            // Dead agents are looked for on the periodic rescan only: not per arrival.
+            agent.take_over();
             agent.scan();
         }
         if watchdog.as_mut().is_some_and(Every::due) {

@@ -224,6 +224,11 @@ impl ModelRuntime {
         self.queue.push_owned(vec![job]);
     }
 
+    /// Why jobs are held, while the spool cannot be written.
+    pub fn storage_problem(&self) -> Option<String> {
+        self.storage().problem()
+    }
+
     /// A write went through: any storage trouble is over.
     fn storage_ok(&self) {
         self.storage().ok(&self.cfg.name);

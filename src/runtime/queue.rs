@@ -85,11 +85,6 @@ impl JobQueue {
         self.lock().paused_until = None;
     }
 
-    /// Whether claiming is held back by storage trouble.
-    pub fn paused(&self) -> bool {
-        self.lock().paused_until.is_some()
-    }
-
     /// The next thing to run; with `block`, waits for one. None once stopping, or (without
     /// `block`) when nothing is ready. While paused, nothing comes out until the pause ends.
     pub fn next(&self, block: bool) -> Option<Next> {
