@@ -195,7 +195,10 @@ fn run_group(rt: &ModelRuntime, mut group: Vec<Loaded>) {
     }
 }
 
-fn finish(rt: &ModelRuntime, l: Loaded, out: &Outputs) {
+fn finish(rt: &ModelRuntime, mut l: Loaded, out: &Outputs) {
+    // Its forward pass returned: whatever kills the agent from here on, this job is not to
+    // blame, so its run no longer counts towards crashed_agent.
+    rt.spool.forget_runs(&mut l.job);
     let t0 = Instant::now();
     let fmt = l.format.for_outputs(out.len());
     let res = rt

@@ -18,8 +18,8 @@
 //! claim folder is guarded by a lock the kernel drops when the agent dies; another agent that
 //! can take the lock takes over the folder's jobs, each by one rename, so exactly one agent
 //! wins each job. **Crash loops:** a job counts a run when it starts running (a `.runs`
-//! sidecar), not when it is claimed; one that was running at [`MAX_ATTEMPTS`] crashes is failed
-//! as `crashed_agent`.
+//! sidecar), not when it is claimed, and the count is dropped once its forward pass returns; one
+//! that was running at [`MAX_ATTEMPTS`] crashes is failed as `crashed_agent`.
 //!
 //! - [`access`]: folder and file modes, and refusing symlinked folders;
 //! - [`client`]: submitting a job and waiting for its outcome (`packrat submit`, demo, tests);
@@ -306,8 +306,8 @@ impl Spool {
         .map_err(StorageError::new("cannot count the job's run"))
     }
 
-    /// Forgets `job`'s runs: it ran without crashing, but its outcome could not be written and
-    /// it will run again.
+    /// Forgets `job`'s runs: it ran without crashing (its forward pass returned), so a crash
+    /// while its outcome is written, or a retry after a storage error, is not its fault.
     pub fn forget_runs(&self, job: &mut Job) {
         job.runs = 0;
         let _ = fs::remove_file(Self::runs_path(&self.owner.dir, &job.name));
