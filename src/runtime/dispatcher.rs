@@ -170,6 +170,12 @@ fn run_group(rt: &ModelRuntime, mut group: Vec<Loaded>) {
     rt.busy(false);
     match result {
         Ok(outs) => {
+            // The forward pass returned: whatever kills the agent from here on, these jobs are
+            // not to blame, so their runs stop counting towards crashed_agent — all of them
+            // before any is written out.
+            for l in &mut group {
+                rt.spool.forget_runs(&mut l.job);
+            }
             for (l, out) in group.into_iter().zip(outs) {
                 finish(rt, l, &out);
             }
@@ -180,9 +186,12 @@ fn run_group(rt: &ModelRuntime, mut group: Vec<Loaded>) {
                 rt.cfg.name,
                 group.len()
             );
-            for l in group {
+            for mut l in group {
                 match run_one(rt, &l) {
-                    Ok(out) => finish(rt, l, &out),
+                    Ok(out) => {
+                        rt.spool.forget_runs(&mut l.job);
+                        finish(rt, l, &out)
+                    }
                     Err(e) => rt.fail(l.job, &model_error(e)),
                 }
             }
@@ -195,10 +204,7 @@ fn run_group(rt: &ModelRuntime, mut group: Vec<Loaded>) {
     }
 }
 
-fn finish(rt: &ModelRuntime, mut l: Loaded, out: &Outputs) {
-    // Its forward pass returned: whatever kills the agent from here on, this job is not to
-    // blame, so its run no longer counts towards crashed_agent.
-    rt.spool.forget_runs(&mut l.job);
+fn finish(rt: &ModelRuntime, l: Loaded, out: &Outputs) {
     let t0 = Instant::now();
     let fmt = l.format.for_outputs(out.len());
     let res = rt
