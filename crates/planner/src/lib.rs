@@ -5,11 +5,15 @@
 //! - [`profile`]: the profile format, the latency model between measured points, and which
 //!   points a targeted profiler should measure;
 //! - [`dp`]: the knapsack dynamic program (and the reference semantics, for comparison);
+//! - [`menu`]: the table restricted to a bounded menu of layouts the agent keeps warm;
+//! - [`live`]: the live profile, kept true from serving and idle-gap measurements;
 //! - [`topology`]: usable cores, NUMA nodes, SMT siblings, and core assignment;
 //! - [`stats`]: the median and percentile estimators the profiler and the agent share;
 //! - this file: [`Plan`] and [`PlanTable`], what the agent runs.
 
 pub mod dp;
+pub mod live;
+pub mod menu;
 pub mod profile;
 pub mod stats;
 pub mod topology;

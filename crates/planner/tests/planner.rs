@@ -338,3 +338,70 @@ fn latency_model_predicts_held_out_batch_sizes_from_the_authors_profiles() {
     assert!(ml < 6.0, "piecewise-linear median error {ml:.1}%");
     assert!(ml < mp / 5.0);
 }
+
+/// The agent keeps at most 8 layouts warm. On the authors' 16-core profiles the DP's table for
+/// B = 1…64 uses 30–35 layouts; the menu must cover every batch size with 8 of them, every
+/// plan a split of its batch over one of those layouts on a simulated 16-core host, for a small
+/// predicted loss it reports.
+#[test]
+fn a_menu_of_eight_layouts_serves_every_batch_size_on_16_cores() {
+    let topo = Topology::flat(16);
+    for file in ["resnet_cloudlab16.json", "inception_cloudlab16.json"] {
+        let curve = shared_curve(file);
+        let full = PlanTable::from_curve(&curve, &topo, 64).unwrap();
+        let (table, report) =
+            packrat_planner::menu::bounded(&curve, &topo, 64, &[1.0; 64], 8).unwrap();
+        let mut layouts: Vec<Vec<(usize, Vec<usize>)>> = Vec::new();
+        for p in &table.plans {
+            assert_eq!(p.instances.iter().map(|i| i.batch).sum::<usize>(), p.batch);
+            let used: usize = p.instances.iter().map(|i| i.threads).sum();
+            assert!(used <= 16, "{file} b={}: {used} threads", p.batch);
+            let mut cores: Vec<usize> = p.instances.iter().flat_map(|i| i.cores.clone()).collect();
+            cores.sort();
+            cores.dedup();
+            assert_eq!(cores.len(), used, "{file} b={}: cores overlap", p.batch);
+            let l: Vec<(usize, Vec<usize>)> = p
+                .instances
+                .iter()
+                .map(|i| (i.threads, i.cores.clone()))
+                .collect();
+            if !layouts.contains(&l) {
+                layouts.push(l);
+            }
+            // Never better than the unbounded optimum, which it must not misreport.
+            let ideal = full.for_batch(p.batch).predicted_latency_ms.unwrap();
+            let got = p.predicted_latency_ms.unwrap();
+            assert!(got >= ideal - 1e-9, "{file} b={}", p.batch);
+            let eval = packrat_planner::menu::evaluate(p, &curve).unwrap();
+            assert!((eval - got).abs() < 1e-9);
+        }
+        assert!(report.unbounded_layouts >= 30, "{file}: {report:?}");
+        assert!(layouts.len() <= 8, "{file}: {} layouts", layouts.len());
+        assert_eq!(report.layouts, layouts.len());
+        let sessions: usize = layouts.iter().map(Vec::len).sum();
+        assert_eq!(report.instances, sessions);
+        // Resident cost of the menu on a simulated 16-core host: one session per instance.
+        assert!(sessions <= 8 * 16, "{file}: {sessions} sessions");
+        assert!(
+            report.predicted_loss_pct >= 0.0 && report.predicted_loss_pct < 5.0,
+            "{file}: {report:?}"
+        );
+        eprintln!("{file}: {report:?}");
+    }
+}
+
+/// The menu follows the batch-size mix: weighted all on B=1, B=1 gets its unbounded optimum.
+#[test]
+fn the_menu_follows_the_batch_size_mix() {
+    let topo = Topology::flat(16);
+    let curve = shared_curve("resnet_cloudlab16.json");
+    let full = PlanTable::from_curve(&curve, &topo, 64).unwrap();
+    for b in [1usize, 7, 32, 64] {
+        let mut w = vec![1e-6; 64];
+        w[b - 1] = 1.0;
+        let (table, _) = packrat_planner::menu::bounded(&curve, &topo, 64, &w, 2).unwrap();
+        let got = table.for_batch(b).predicted_latency_ms.unwrap();
+        let ideal = full.for_batch(b).predicted_latency_ms.unwrap();
+        assert!((got - ideal).abs() < 1e-9, "b={b}: {got} vs {ideal}");
+    }
+}

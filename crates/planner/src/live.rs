@@ -1,0 +1,369 @@
+//! The live profile: latency(t, b) kept true while the agent serves. It starts from a measured
+//! profile (each point's *prior*) and folds in every timing serving produces (passive samples:
+//! each instance of each batch is a co-located measurement of its (t, b)) and every point
+//! measured in an idle gap (active samples).
+//!
+//! The estimator of a point is the median of its last [`WINDOW`] samples, with the prior
+//! standing in for [`PRIOR_WEIGHT`] samples until enough real ones arrive. Why a windowed
+//! median: one outlier (a page fault storm, a noisy neighbour's burst) never moves it — it
+//! needs a majority of the window — while a real change of the host's speed takes over the
+//! estimate after ⌈WINDOW/2⌉ samples, which for any point serving uses is seconds, and for an
+//! idle-gap point within a few re-profiling rounds. Time only matters for staleness: a point
+//! whose last sample is older than the re-profiling interval is measured again when there is
+//! an idle gap.
+
+use std::collections::VecDeque;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::profile::{targets, Curve, Point, ProfileFile, ProfileKey};
+use crate::stats::median;
+
+/// Samples per point the estimate looks at.
+pub const WINDOW: usize = 9;
+/// How many samples the measured profile's value counts for, until real ones push it out.
+pub const PRIOR_WEIGHT: usize = 3;
+
+/// Where a sample came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SampleKind {
+    /// An instance's share of a batch that served jobs.
+    Passive,
+    /// A point measured in an idle gap.
+    Active,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Sample {
+    ms: f64,
+    /// Seconds since the Unix epoch.
+    at: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LivePoint {
+    pub threads: usize,
+    pub batch: usize,
+    /// The measured profile's latency, if it had this point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior_ms: Option<f64>,
+    samples: VecDeque<Sample>,
+}
+
+impl LivePoint {
+    fn new(threads: usize, batch: usize, prior_ms: Option<f64>) -> LivePoint {
+        LivePoint {
+            threads,
+            batch,
+            prior_ms,
+            samples: VecDeque::new(),
+        }
+    }
+
+    /// The windowed median, the prior filling the window's free places (up to PRIOR_WEIGHT).
+    pub fn estimate(&self) -> Option<f64> {
+        let mut v: Vec<f64> = self.samples.iter().map(|s| s.ms).collect();
+        if let Some(p) = self.prior_ms {
+            let fill = PRIOR_WEIGHT.min(WINDOW.saturating_sub(v.len()));
+            v.extend(std::iter::repeat_n(p, fill));
+        }
+        median(&v)
+    }
+
+    /// When this point was last measured on this host while serving (None: prior only).
+    pub fn last_measured(&self) -> Option<f64> {
+        self.samples.back().map(|s| s.at)
+    }
+}
+
+/// Counts for status: how much of the profile serving has measured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LiveCounts {
+    pub points: usize,
+    /// Points with at least one sample taken while serving.
+    pub points_measured: usize,
+    pub passive_samples: u64,
+    pub active_samples: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LiveProfile {
+    pub model: String,
+    pub cores: usize,
+    pub max_batch: usize,
+    /// What the profile it grew from was measured on; a live profile is reused only under the
+    /// same key.
+    pub key: Option<ProfileKey>,
+    points: Vec<LivePoint>,
+    pub counts: LiveCounts,
+}
+
+impl LiveProfile {
+    /// A live profile whose priors are `p`'s points.
+    pub fn from_profile(p: &ProfileFile, max_batch: usize) -> LiveProfile {
+        let mut points: Vec<LivePoint> = p
+            .points
+            .iter()
+            .map(|x| LivePoint::new(x.threads, x.batch, Some(x.latency_ms)))
+            .collect();
+        points.sort_by_key(|x| (x.threads, x.batch));
+        let mut live = LiveProfile {
+            model: p.model.clone(),
+            cores: p.cores,
+            max_batch,
+            key: p.key.clone(),
+            points,
+            counts: LiveCounts::default(),
+        };
+        live.recount();
+        live
+    }
+
+    fn recount(&mut self) {
+        self.counts.points = self.points.len();
+        self.counts.points_measured = self.points.iter().filter(|p| !p.samples.is_empty()).count();
+    }
+
+    fn find(&self, t: usize, b: usize) -> Result<usize, usize> {
+        self.points
+            .binary_search_by_key(&(t, b), |p| (p.threads, p.batch))
+    }
+
+    pub fn point(&self, t: usize, b: usize) -> Option<&LivePoint> {
+        self.find(t, b).ok().map(|i| &self.points[i])
+    }
+
+    /// Folds in one timing; returns how far the point's estimate moved, as a fraction of the
+    /// old one (1.0 for a point that had no estimate).
+    pub fn record(&mut self, t: usize, b: usize, ms: f64, kind: SampleKind, now: f64) -> f64 {
+        if !(ms.is_finite() && ms > 0.0) || t == 0 || b == 0 {
+            return 0.0;
+        }
+        let i = match self.find(t, b) {
+            Ok(i) => i,
+            Err(i) => {
+                self.points.insert(i, LivePoint::new(t, b, None));
+                i
+            }
+        };
+        let p = &mut self.points[i];
+        let before = p.estimate();
+        if p.samples.len() == WINDOW {
+            p.samples.pop_front();
+        }
+        p.samples.push_back(Sample { ms, at: now });
+        let after = p.estimate();
+        match kind {
+            SampleKind::Passive => self.counts.passive_samples += 1,
+            SampleKind::Active => self.counts.active_samples += 1,
+        }
+        self.recount();
+        match (before, after) {
+            (Some(x), Some(y)) if x > 0.0 => ((y - x) / x).abs(),
+            _ => 1.0,
+        }
+    }
+
+    /// The profile as the planner reads it: each point's estimate. Thread counts without a
+    /// batch-1 point are left out (the curve needs it to model small sub-batches).
+    pub fn profile(&self) -> ProfileFile {
+        let points: Vec<Point> = self
+            .points
+            .iter()
+            .filter(|p| self.find(p.threads, 1).is_ok())
+            .filter_map(|p| {
+                Some(Point {
+                    threads: p.threads,
+                    batch: p.batch,
+                    latency_ms: p.estimate()?,
+                    latency_min_ms: None,
+                    latency_max_ms: None,
+                    samples: Some(p.samples.len()),
+                })
+            })
+            .collect();
+        ProfileFile {
+            model: self.model.clone(),
+            cores: self.cores,
+            machine: None,
+            source: Some(
+                "packrat live profile (measured profile + serving + idle-gap samples)".into(),
+            ),
+            framework: None,
+            units: None,
+            co_located: true,
+            key: self.key.clone(),
+            points,
+        }
+    }
+
+    pub fn curve(&self) -> Result<Curve> {
+        self.profile().curve()
+    }
+
+    /// The points worth measuring in an idle gap, most needed first: those of the profiler's
+    /// grid (and any other known point) never measured while serving, then those whose last
+    /// sample is older than `max_age_s`, oldest first.
+    pub fn stale(&self, now: f64, max_age_s: f64) -> Vec<(usize, usize)> {
+        let mut want: Vec<(usize, usize)> = targets(self.cores, self.max_batch)
+            .into_iter()
+            .flat_map(|(t, bs)| bs.into_iter().map(move |b| (t, b)))
+            .collect();
+        for p in &self.points {
+            if !want.contains(&(p.threads, p.batch)) {
+                want.push((p.threads, p.batch));
+            }
+        }
+        let mut aged: Vec<(f64, (usize, usize))> = want
+            .into_iter()
+            .filter_map(|(t, b)| {
+                let last = self.point(t, b).and_then(LivePoint::last_measured);
+                match last {
+                    None => Some((f64::NEG_INFINITY, (t, b))),
+                    Some(at) if now - at > max_age_s => Some((at, (t, b))),
+                    Some(_) => None,
+                }
+            })
+            .collect();
+        // Never measured first; then oldest; small points before large ones on ties.
+        aged.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1 .1.cmp(&y.1 .1)));
+        aged.into_iter().map(|x| x.1).collect()
+    }
+
+    /// Seconds since the newest sample (None before any).
+    pub fn age_s(&self, now: f64) -> Option<f64> {
+        self.points
+            .iter()
+            .filter_map(LivePoint::last_measured)
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+            .map(|newest| (now - newest).max(0.0))
+    }
+
+    pub fn load(path: &Path) -> Result<LiveProfile> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a live profile", path.display()))
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        serde_json::to_writer(&mut tmp, self)?;
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> LiveProfile {
+        let pt = |threads, batch, latency_ms| Point {
+            threads,
+            batch,
+            latency_ms,
+            latency_min_ms: None,
+            latency_max_ms: None,
+            samples: None,
+        };
+        let p = ProfileFile {
+            model: "m".into(),
+            cores: 2,
+            machine: None,
+            source: None,
+            framework: None,
+            units: None,
+            co_located: true,
+            key: None,
+            points: vec![
+                pt(1, 1, 10.0),
+                pt(1, 2, 19.0),
+                pt(2, 1, 6.0),
+                pt(2, 2, 11.0),
+            ],
+        };
+        LiveProfile::from_profile(&p, 2)
+    }
+
+    fn est(l: &LiveProfile, t: usize, b: usize) -> f64 {
+        l.point(t, b).and_then(LivePoint::estimate).unwrap()
+    }
+
+    #[test]
+    fn one_outlier_does_not_move_a_point() {
+        let mut l = base();
+        assert_eq!(est(&l, 1, 1), 10.0);
+        l.record(1, 1, 500.0, SampleKind::Passive, 0.0);
+        assert_eq!(est(&l, 1, 1), 10.0);
+        // Among real samples too.
+        for k in 0..WINDOW {
+            l.record(1, 1, 12.0, SampleKind::Passive, k as f64);
+        }
+        l.record(1, 1, 0.5, SampleKind::Passive, 99.0);
+        assert_eq!(est(&l, 1, 1), 12.0);
+    }
+
+    #[test]
+    fn a_real_change_takes_over_within_half_a_window() {
+        let mut l = base();
+        let mut n = 0;
+        while est(&l, 2, 2) != 22.0 {
+            l.record(2, 2, 22.0, SampleKind::Passive, n as f64);
+            n += 1;
+            assert!(n <= PRIOR_WEIGHT + 1, "took {n} samples");
+        }
+        // And then it follows the next change as fast, the prior long gone.
+        for k in 0..WINDOW {
+            l.record(2, 2, 22.0, SampleKind::Passive, 10.0 + k as f64);
+        }
+        let mut m = 0;
+        while est(&l, 2, 2) != 15.0 {
+            l.record(2, 2, 15.0, SampleKind::Passive, 100.0 + m as f64);
+            m += 1;
+            assert!(m <= WINDOW / 2 + 1, "took {m} samples");
+        }
+    }
+
+    #[test]
+    fn stale_points_come_first_never_measured_then_oldest() {
+        let mut l = base();
+        let s = l.stale(1000.0, 60.0);
+        // The 2-core, max_batch 2 grid: (1,1), (2,1), (2,2); (1,2) is a known point too.
+        assert_eq!(s.len(), 4);
+        assert_eq!(&s[..2], &[(1, 1), (2, 1)]);
+        for (t, b) in [(1, 1), (2, 1), (2, 2)] {
+            l.record(t, b, 10.0, SampleKind::Active, 990.0);
+        }
+        l.record(1, 2, 10.0, SampleKind::Active, 900.0);
+        assert_eq!(l.stale(1000.0, 60.0), vec![(1, 2)]);
+        assert_eq!(l.counts.active_samples, 4);
+        assert_eq!(l.age_s(1000.0), Some(10.0));
+    }
+
+    #[test]
+    fn the_curve_skips_thread_counts_without_batch_one() {
+        let mut l = base();
+        l.record(4, 3, 5.0, SampleKind::Passive, 0.0);
+        assert_eq!(l.curve().unwrap().threads, vec![1, 2]);
+        l.record(2, 5, 30.0, SampleKind::Passive, 0.0);
+        assert_eq!(l.curve().unwrap().batches(2), &[1, 2, 5]);
+    }
+
+    #[test]
+    fn it_round_trips_through_its_file() {
+        let mut l = base();
+        l.record(1, 1, 11.0, SampleKind::Active, 5.0);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.live.json");
+        l.save(&path).unwrap();
+        let back = LiveProfile::load(&path).unwrap();
+        assert_eq!(back.points, l.points);
+        assert_eq!(back.counts, l.counts);
+    }
+}
