@@ -41,6 +41,17 @@ pub mod defaults {
     /// output (ResNet-50 drifts 0.4–0.8 % here; a model that loses more falls back to f32).
     pub const BF16_TOLERANCE: f64 = 0.01;
     pub const DTYPE: &str = "float32";
+    /// `plan = "auto"` keeps learning while it serves and re-plans by itself.
+    pub const ADAPT: bool = true;
+    /// Idle-gap re-profiling of every point, this often (and whenever drift is seen).
+    pub const REPROFILE_INTERVAL_S: f64 = 600.0;
+    /// Without `max_probe_delay_ms`: an idle-gap measurement may hold up a job that arrives
+    /// meanwhile by at most this many times the B=1 plan's predicted latency.
+    pub const PROBE_DELAY_B1_FACTOR: f64 = 2.0;
+    /// Instance layouts kept warm per model (each layout is a set of sessions).
+    pub const MAX_LAYOUTS: usize = 8;
+    /// Dynamic batching off: run what is waiting, never wait for more.
+    pub const MAX_BATCH_DELAY_MS: f64 = 0.0;
 
     pub fn rescan_interval_ms() -> u64 {
         RESCAN_INTERVAL_MS
@@ -62,6 +73,18 @@ pub mod defaults {
     }
     pub fn bf16_tolerance() -> f64 {
         BF16_TOLERANCE
+    }
+    pub fn adapt() -> bool {
+        ADAPT
+    }
+    pub fn reprofile_interval_s() -> f64 {
+        REPROFILE_INTERVAL_S
+    }
+    pub fn max_layouts() -> usize {
+        MAX_LAYOUTS
+    }
+    pub fn max_batch_delay_ms() -> f64 {
+        MAX_BATCH_DELAY_MS
     }
 }
 
@@ -104,6 +127,15 @@ struct RawModel {
     profile_budget_s: f64,
     #[serde(default = "defaults::bf16_tolerance")]
     bf16_tolerance: f64,
+    #[serde(default = "defaults::adapt")]
+    adapt: bool,
+    #[serde(default = "defaults::reprofile_interval_s")]
+    reprofile_interval_s: f64,
+    max_probe_delay_ms: Option<f64>,
+    #[serde(default = "defaults::max_layouts")]
+    max_layouts: usize,
+    #[serde(default = "defaults::max_batch_delay_ms")]
+    max_batch_delay_ms: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,6 +197,20 @@ pub struct ModelConfig {
     pub max_job_bytes: u64,
     pub plan: PlanChoice,
     pub profile_budget_s: f64,
+    pub adapt: Adapt,
+    /// When fewer than max_batch items wait, wait up to this long for more (0: never wait).
+    pub max_batch_delay_ms: f64,
+}
+
+/// How a `plan = "auto"` model keeps its plans true while serving.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Adapt {
+    /// Learn from serving and idle gaps, and re-plan (false: the start-up plan stays).
+    pub enabled: bool,
+    pub reprofile_interval_s: f64,
+    /// The longest an idle-gap measurement may run (None: twice the B=1 plan's latency).
+    pub max_probe_delay_ms: Option<f64>,
+    pub max_layouts: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -396,7 +442,45 @@ fn model(i: usize, m: RawModel, cores: Option<&[usize]>) -> Result<ModelConfig, 
             ),
         );
     }
+    let positive = |field: &str, v: f64, example: &str| -> Result<(), Refusal> {
+        if v.is_finite() && v > 0.0 {
+            return Ok(());
+        }
+        refuse(
+            f(field),
+            format!("{v} is not a positive number"),
+            format!("leave it out or write e.g. {field} = {example}"),
+        )
+    };
+    positive("reprofile_interval_s", m.reprofile_interval_s, "600")?;
+    if let Some(d) = m.max_probe_delay_ms {
+        positive("max_probe_delay_ms", d, "20")?;
+    }
+    if !(m.max_batch_delay_ms.is_finite() && (0.0..=60_000.0).contains(&m.max_batch_delay_ms)) {
+        return refuse(
+            f("max_batch_delay_ms"),
+            format!("{} is not between 0 and 60000 ms", m.max_batch_delay_ms),
+            "leave it out (0: never wait for more jobs) or write e.g. max_batch_delay_ms = 5",
+        );
+    }
+    if !(1..=64).contains(&m.max_layouts) {
+        return refuse(
+            f("max_layouts"),
+            format!("{} is out of range", m.max_layouts),
+            format!(
+                "use 1..64, e.g. max_layouts = {} (each layout keeps its instances' sessions in memory)",
+                defaults::MAX_LAYOUTS
+            ),
+        );
+    }
     Ok(ModelConfig {
+        adapt: Adapt {
+            enabled: m.adapt,
+            reprofile_interval_s: m.reprofile_interval_s,
+            max_probe_delay_ms: m.max_probe_delay_ms,
+            max_layouts: m.max_layouts,
+        },
+        max_batch_delay_ms: m.max_batch_delay_ms,
         name: m.name,
         source,
         precision,
@@ -673,6 +757,11 @@ mod tests {
             ("source = \"builtin:tiny_cnn\"\nplan = [{ threads = 1, batch = 1, core = [0] }]", "model[0].plan", "unknown field `core`"),
             ("source = \"builtin:tiny_cnn\"\nplan = [{ threads = 2, batch = 1, cores = [0] }]", "model[0].plan", "but 1 cores"),
             ("source = \"builtin:tiny_cnn\"\nprofile_budget_s = -1.0", "model[0].profile_budget_s", "positive"),
+            ("source = \"builtin:tiny_cnn\"\nreprofile_interval_s = 0.0", "model[0].reprofile_interval_s", "positive"),
+            ("source = \"builtin:tiny_cnn\"\nmax_probe_delay_ms = -5.0", "model[0].max_probe_delay_ms", "positive"),
+            ("source = \"builtin:tiny_cnn\"\nmax_batch_delay_ms = -1.0", "model[0].max_batch_delay_ms", "between"),
+            ("source = \"builtin:tiny_cnn\"\nmax_layouts = 0", "model[0].max_layouts", "out of range"),
+            ("source = \"builtin:tiny_cnn\"\nadapt = \"yes\"", "line 6", "bool"),
         ];
         for (model, field, problem) in cases {
             let (f, p) = parse(&with_model(model)).unwrap_err();

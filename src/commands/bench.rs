@@ -119,7 +119,8 @@ pub fn run(args: &Args) -> Result<i32> {
         &cfg.state_dir,
         Profiling::Allowed,
         &mut progress,
-    )?;
+    )?
+    .0;
     let baseline = PlanTable::baseline(&topo, mc.max_batch);
     let n = topo.len();
     let pool = InstancePool::new(model.clone(), "bench", usize::MAX);

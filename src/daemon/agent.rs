@@ -9,10 +9,13 @@ use anyhow::Result;
 
 use super::sdnotify::Notifier;
 use super::status::{AgentState, Status};
-use crate::config::{Config, ConfigError, PlanChoice};
+use crate::config::{Config, ConfigError, ModelConfig, PlanChoice};
 use crate::engine::{EngineKind, Model};
+use crate::planner::profile::ProfileFile;
 use crate::planner::topology::Topology;
 use crate::planner::PlanTable;
+use crate::profiler::profile_path;
+use crate::runtime::adapt::{live_path, Adapter};
 use crate::runtime::plans::{build_plans, log_plans, Profiling};
 use crate::runtime::precision::resolve;
 use crate::runtime::ModelRuntime;
@@ -75,8 +78,8 @@ impl Agent {
                 fix: "point spool at a directory the agent may write (not a symlinked one); see the README's spool section".into(),
             })?;
             spool.clean_tmp(Duration::from_secs(config.tmp_max_age_s));
-            let table = Self::plan(&config, &topo, &notifier, mc, &model, Profiling::Allowed)
-                .map_err(|e| match &mc.plan {
+            let (table, profile) =
+                Self::plan(&config, &topo, &notifier, mc, &model, Profiling::Allowed).map_err(|e| match &mc.plan {
                     // A fixed plan that cannot run here is the config's mistake.
                     PlanChoice::Fixed(_) => ConfigError {
                         file: config.path.display().to_string(),
@@ -87,7 +90,15 @@ impl Agent {
                     .into(),
                     _ => e,
                 })?;
-            let rt = Arc::new(ModelRuntime::new(mc.clone(), resolved, spool, table));
+            let (table, adapter) = Self::adapting(&config, &topo, mc, table, profile);
+            let rt = Arc::new(ModelRuntime::new(
+                mc.clone(),
+                resolved,
+                spool,
+                table,
+                topo.clone(),
+                adapter,
+            ));
             notifier.status(&format!("warming up model {}", mc.name));
             rt.warm_up()?;
             let recovered = rt.take_over();
@@ -120,7 +131,7 @@ impl Agent {
         mc: &crate::config::ModelConfig,
         model: &Arc<Model>,
         profiling: Profiling,
-    ) -> Result<PlanTable> {
+    ) -> Result<(PlanTable, Option<ProfileFile>)> {
         if mc.plan == PlanChoice::Auto && profiling == Profiling::Allowed {
             // Profiling may take the whole budget: tell systemd to wait for it.
             notifier.send(&format!(
@@ -141,9 +152,50 @@ impl Agent {
                 notifier.status(&msg);
             }
         };
-        let table = build_plans(mc, model, topo, &config.state_dir, profiling, &mut progress)?;
+        let (table, profile) =
+            build_plans(mc, model, topo, &config.state_dir, profiling, &mut progress)?;
         log_plans(&mc.name, &table);
-        Ok(table)
+        Ok((table, profile))
+    }
+
+    /// For an adapting `auto` model: the adapter, grown from the profile (or from the live
+    /// profile the last run left), and the table it gives; otherwise `table` as it is.
+    fn adapting(
+        config: &Config,
+        topo: &Topology,
+        mc: &ModelConfig,
+        table: PlanTable,
+        profile: Option<ProfileFile>,
+    ) -> (PlanTable, Option<Adapter>) {
+        let Some(profile) = profile.filter(|_| mc.plan == PlanChoice::Auto && mc.adapt.enabled)
+        else {
+            return (table, None);
+        };
+        let (mut adapter, restored) = Adapter::new(
+            &profile,
+            &profile_path(&config.state_dir, &mc.name),
+            &config.state_dir,
+            topo.clone(),
+            mc.adapt.clone(),
+            mc.max_batch,
+        );
+        match adapter.table() {
+            Ok(t) => {
+                if restored {
+                    log::info!(
+                        "model {}: planning from the live profile the last run left ({})",
+                        mc.name,
+                        live_path(&config.state_dir, &mc.name).display()
+                    );
+                    log_plans(&mc.name, &t);
+                }
+                (t, Some(adapter))
+            }
+            Err(e) => {
+                log::warn!("model {}: not adapting ({e:#})", mc.name);
+                (table, None)
+            }
+        }
     }
 
     /// The incoming/ folders to watch.
@@ -257,6 +309,11 @@ impl Agent {
                 log::warn!("reload: model '{}' changed its source, inputs or max_batch: restart the agent to apply that", mc.name);
                 continue;
             }
+            let adapts = mc.plan == PlanChoice::Auto && mc.adapt.enabled;
+            if adapts && rt.replan_now() {
+                log::info!("reload: model '{}' re-plans from its live profile", mc.name);
+                continue;
+            }
             match Self::plan(
                 &new,
                 &self.topo,
@@ -265,7 +322,11 @@ impl Agent {
                 &rt.model(),
                 Profiling::CachedOnly,
             ) {
-                Ok(table) => rt.set_plans(table),
+                Ok((table, profile)) => {
+                    let (table, adapter) = Self::adapting(&new, &self.topo, mc, table, profile);
+                    rt.set_adapter(adapter);
+                    rt.set_plans(table);
+                }
                 Err(e) => log::error!("reload: model '{}' keeps its plan: {e:#}", mc.name),
             }
         }

@@ -8,6 +8,7 @@
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use nix::sched::{sched_setaffinity, CpuSet};
@@ -33,9 +34,12 @@ pub struct InstanceInfo {
     pub observed_threads: i32,
 }
 
+/// An instance's reply: its slot, its outputs, and how long its forward pass took.
+type Reply = (usize, Result<Outputs>, Duration);
+
 struct Task {
     inputs: Vec<Tensor>,
-    reply: mpsc::Sender<(usize, Result<Outputs>)>,
+    reply: mpsc::Sender<Reply>,
     slot: usize,
 }
 
@@ -95,13 +99,14 @@ impl InstanceSet {
                     };
                     let _ = ready_tx.send(Ok(info));
                     while let Ok(task) = rx.recv() {
+                        let t0 = Instant::now();
                         let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                             session.run(&task.inputs)
                         }))
                         .unwrap_or_else(|_| {
                             Err(anyhow!("the model panicked in an instance thread"))
                         });
-                        let _ = task.reply.send((task.slot, res));
+                        let _ = task.reply.send((task.slot, res, t0.elapsed()));
                     }
                 })
                 .context("cannot spawn an instance thread")?;
@@ -125,6 +130,16 @@ impl InstanceSet {
     /// Sends each instance its slice of the batch (`shares[i]` items, in order; zero shares are
     /// skipped) and returns the outputs concatenated in order.
     pub fn run(&self, inputs: &[Tensor], shares: &[usize]) -> Result<Outputs> {
+        self.run_timed(inputs, shares).map(|(out, _)| out)
+    }
+
+    /// [`InstanceSet::run`], plus each instance's forward time (None where its share was 0):
+    /// the co-located measurements the live profile learns from.
+    pub fn run_timed(
+        &self,
+        inputs: &[Tensor],
+        shares: &[usize],
+    ) -> Result<(Outputs, Vec<Option<Duration>>)> {
         if shares.len() != self.workers.len() {
             bail!(
                 "plan has {} shares for {} instances",
@@ -158,10 +173,12 @@ impl InstanceSet {
         drop(reply_tx);
         let mut parts: Vec<Option<Outputs>> = (0..shares.len()).map(|_| None).collect();
         let mut first_err = None;
+        let mut took = vec![None; shares.len()];
         for _ in 0..sent {
-            let (slot, res) = reply_rx
+            let (slot, res, dt) = reply_rx
                 .recv()
                 .map_err(|_| anyhow!("an instance thread died mid-batch"))?;
+            took[slot] = Some(dt);
             match res {
                 Ok(o) => parts[slot] = Some(o),
                 Err(e) => first_err = first_err.or(Some(e)),
@@ -171,7 +188,7 @@ impl InstanceSet {
             return Err(e);
         }
         let parts: Vec<Outputs> = parts.into_iter().flatten().collect();
-        concat_outputs(parts)
+        Ok((concat_outputs(parts)?, took))
     }
 }
 

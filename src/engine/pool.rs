@@ -2,6 +2,7 @@
 //! kept most-recently-used first up to a capacity. The runtime, the profiler and the bench all
 //! get their instance sets here.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Result;
@@ -14,6 +15,10 @@ pub struct InstancePool {
     label: String,
     capacity: usize,
     sets: Mutex<Vec<Arc<InstanceSet>>>,
+    /// Sets started by [`InstancePool::get`], i.e. in front of the batch that needed them.
+    cold_starts: AtomicU64,
+    /// Sets started ahead of use by [`InstancePool::prepare`].
+    prepared: AtomicU64,
 }
 
 impl InstancePool {
@@ -24,6 +29,8 @@ impl InstancePool {
             label: label.chars().take(6).collect(),
             capacity: capacity.max(1),
             sets: Mutex::new(Vec::new()),
+            cold_starts: AtomicU64::new(0),
+            prepared: AtomicU64::new(0),
         }
     }
 
@@ -49,9 +56,47 @@ impl InstancePool {
             layout.to_vec(),
             &self.label,
         )?);
+        self.cold_starts.fetch_add(1, Ordering::Relaxed);
         sets.insert(0, set.clone());
         sets.truncate(self.capacity);
         Ok(set)
+    }
+
+    /// The warm set for `layout`, if there is one (never starts a set, keeps the order).
+    pub fn warm(&self, layout: &[InstanceSpec]) -> Option<Arc<InstanceSet>> {
+        self.lock().iter().find(|s| s.layout == layout).cloned()
+    }
+
+    /// Starts the sets of `layouts` that are not warm, one at a time and without holding the
+    /// pool, so that a dispatcher using warm sets meanwhile never waits for a start. They go in
+    /// least recently used; returns how many were started.
+    pub fn prepare(&self, layouts: &[Vec<InstanceSpec>]) -> Result<usize> {
+        let mut n = 0;
+        for l in layouts {
+            if self.warm(l).is_some() {
+                continue;
+            }
+            let set = Arc::new(InstanceSet::start(
+                self.model.clone(),
+                l.clone(),
+                &self.label,
+            )?);
+            self.prepared.fetch_add(1, Ordering::Relaxed);
+            n += 1;
+            let mut sets = self.lock();
+            if !sets.iter().any(|s| s.layout == *l) {
+                sets.push(set);
+            }
+        }
+        Ok(n)
+    }
+
+    /// (sets started in front of a batch, sets started ahead of use).
+    pub fn starts(&self) -> (u64, u64) {
+        (
+            self.cold_starts.load(Ordering::Relaxed),
+            self.prepared.load(Ordering::Relaxed),
+        )
     }
 
     /// Drops every warm set whose layout is not in `keep`.

@@ -1,10 +1,12 @@
 //! The dispatcher thread of one model: it claims and loads jobs only when it is about to run
-//! them, coalesces what is waiting into one batch up to `max_batch` (never waiting for more),
-//! runs the batch with the plan for its size, splits the outputs back per job and publishes
-//! them through the spool. A write the job is not to blame for (disk full) holds the job and
-//! retries it later; it never fails it.
+//! them, coalesces what is waiting into one batch up to `max_batch` (waiting up to
+//! `max_batch_delay_ms` for more, 0 by default), runs the batch with the plan for its size,
+//! splits the outputs back per job and publishes them through the spool. A write the job is
+//! not to blame for (disk full) holds the job and retries it later; it never fails it.
+//! Between batches it lets the model re-plan; while nothing waits it makes the model's
+//! idle-gap measurements, one bounded step at a time.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use tch::Tensor;
@@ -48,20 +50,29 @@ struct Loaded {
 /// Runs until the queue is stopped; the batch in flight finishes first.
 pub(super) fn run(rt: &ModelRuntime) {
     let max = rt.cfg.max_batch;
+    let delay = Duration::from_secs_f64(rt.cfg.max_batch_delay_ms / 1e3);
     let mut carry: Option<Loaded> = None;
     loop {
         let first = match carry.take() {
             Some(l) => l,
-            None => match next_loaded(rt, true) {
-                Some(l) => l,
-                None => break,
-            },
+            None => {
+                idle(rt);
+                match next_loaded(rt, true) {
+                    Some(l) => l,
+                    None => break,
+                }
+            }
         };
+        let deadline = Instant::now() + delay;
         let mut group = vec![first];
         let mut total = group[0].items;
-        // Coalesce what is already waiting; do not wait for more.
+        // Coalesce what is waiting; wait for more only up to the batch delay.
         while total < max {
             let Some(l) = next_loaded(rt, false) else {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if !left.is_zero() && rt.queue.wait_for_work(left) {
+                    continue;
+                }
                 break;
             };
             if total + l.items <= max {
@@ -73,11 +84,22 @@ pub(super) fn run(rt: &ModelRuntime) {
             }
         }
         run_group(rt, group);
+        rt.between_batches();
     }
     if let Some(l) = carry {
         rt.queue.push_owned(vec![l.job]);
     }
     log::debug!("model {}: dispatcher stopped", rt.cfg.name);
+}
+
+/// While nothing waits: background work one bounded step at a time, re-checking the queue in
+/// between; when there is none, sleeps until a job comes (or a while, to look again).
+fn idle(rt: &ModelRuntime) {
+    while rt.queue.is_empty() && !rt.queue.stopping() {
+        if !rt.idle_step() {
+            rt.queue.wait_for_work(Duration::from_millis(500));
+        }
+    }
 }
 
 /// The next job, claimed (if it was waiting) and loaded; jobs that fail to load are failed here.

@@ -5,8 +5,12 @@
 //! ([`storage`]).
 //!
 //! Reconfiguring (a new plan table) swaps an `Arc` between batches: jobs stay queued, the batch
-//! in flight finishes on the old instances, so nothing is dropped.
+//! in flight finishes on the old instances, so nothing is dropped. A `plan = "auto"` model
+//! re-plans by itself ([`adapt`]): from every batch it runs and from measurements it makes only
+//! while nothing waits; a new table's instance sets are started on a helper thread and the
+//! table takes effect only once they are warm.
 
+pub mod adapt;
 mod dispatcher;
 pub mod plans;
 pub mod precision;
@@ -14,6 +18,7 @@ pub mod queue;
 pub mod stats;
 pub mod storage;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -23,17 +28,30 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::config::ModelConfig;
-use crate::engine::{InstanceInfo, InstancePool, Model, Outputs};
+use crate::engine::{InstanceInfo, InstancePool, InstanceSpec, Model, Outputs};
+use crate::planner::topology::Topology;
 use crate::planner::{Plan, PlanSource, PlanTable};
 use crate::spool::{Job, JobError, Spool, StorageError};
+use adapt::{AdaptStatus, Adapter, Decision, Probe, Reason, Replan};
 use plans::{layout, PlanState};
 use precision::{PrecisionStatus, Resolved};
 use queue::JobQueue;
 use stats::{Drift, Stats};
 use storage::StorageHealth;
 
-/// How many instance sets (layouts) a model keeps warm at once.
-const MAX_SETS: usize = 8;
+/// Instance sets a pool may hold: the table's layouts (bounded by `max_layouts`), the next
+/// table's while it is being prepared, and a margin.
+fn pool_capacity(cfg: &ModelConfig) -> usize {
+    2 * cfg.adapt.max_layouts + 4
+}
+
+/// Instance sets started so far: by warm-up and helper threads (ahead of use), and on the
+/// dispatch path in front of a batch (zero after warm-up, unless a set died).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SetStarts {
+    pub ahead: u64,
+    pub on_dispatch: u64,
+}
 
 /// A model's state as `packrat status` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,6 +89,11 @@ pub struct ModelStatus {
     pub agent_id: String,
     pub engine: String,
     pub precision: PrecisionStatus,
+    /// Online adaptation (`plan = "auto"` with `adapt` on).
+    #[serde(default)]
+    pub adapt: Option<AdaptStatus>,
+    #[serde(default)]
+    pub instance_sets_started: SetStarts,
 }
 
 pub struct ModelRuntime {
@@ -88,6 +111,15 @@ pub struct ModelRuntime {
     precision: Mutex<PrecisionStatus>,
     /// The f32 twin an `auto` model checks real jobs against, while it serves bf16.
     twin: Mutex<Option<Arc<Model>>>,
+    topo: Topology,
+    /// None unless the model plans `auto` and adapts.
+    adapter: Mutex<Option<Adapter>>,
+    /// Sets for idle-gap measurements whose layout the table does not use.
+    probe_pool: Arc<InstancePool>,
+    /// A re-planned table waiting for its instance sets.
+    pending: Mutex<Option<(PlanTable, Replan)>>,
+    /// A helper thread is starting instance sets.
+    preparing: Arc<AtomicBool>,
 }
 
 impl ModelRuntime {
@@ -96,9 +128,17 @@ impl ModelRuntime {
         resolved: Resolved,
         spool: Spool,
         table: PlanTable,
+        topo: Topology,
+        adapter: Option<Adapter>,
     ) -> ModelRuntime {
-        let pool = InstancePool::new(resolved.model, &cfg.name, MAX_SETS);
+        let pool = InstancePool::new(resolved.model.clone(), &cfg.name, pool_capacity(&cfg));
+        let probe_pool = InstancePool::new(resolved.model, "probe", 8);
         ModelRuntime {
+            topo,
+            adapter: Mutex::new(adapter),
+            probe_pool: Arc::new(probe_pool),
+            pending: Mutex::new(None),
+            preparing: Arc::new(AtomicBool::new(false)),
             cfg,
             spool,
             plans: PlanState::new(table),
@@ -149,8 +189,9 @@ impl ModelRuntime {
                 status.reason = Some(why);
                 *twin = None;
                 drop(status);
-                *self.pool.write().unwrap_or_else(|p| p.into_inner()) =
-                    Arc::new(InstancePool::new(f32, &self.cfg.name, MAX_SETS));
+                *self.pool.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(
+                    InstancePool::new(f32, &self.cfg.name, pool_capacity(&self.cfg)),
+                );
                 if let Err(e) = self.warm_up() {
                     log::error!("model {}: warm-up in f32 failed: {e:#}", self.cfg.name);
                 }
@@ -181,7 +222,9 @@ impl ModelRuntime {
     /// so the first real jobs do not pay for thread start-up and oneDNN primitive creation.
     pub fn warm_up(&self) -> Result<()> {
         let table = self.plans.table();
-        for l in self.plans.layouts().into_iter().take(MAX_SETS) {
+        let layouts = self.plans.layouts();
+        self.pool().prepare(&layouts)?;
+        for l in layouts {
             let plan = table
                 .plans
                 .iter()
@@ -241,8 +284,12 @@ impl ModelRuntime {
         let plan = self.plans.for_batch(items);
         let set = self.pool().get(&layout(&plan))?;
         let t0 = Instant::now();
-        let out = set.run(inputs, &plan.shares())?;
+        let (out, per_instance) = set.run_timed(inputs, &plan.shares())?;
         let took = t0.elapsed();
+        let mut adapter = self.adapter();
+        if let Some(a) = adapter.as_mut() {
+            a.observe(&plan, &per_instance, items);
+        }
         log::debug!(
             "model {}: batch of {items} ran in {:.2} ms ({})",
             self.cfg.name,
@@ -252,6 +299,17 @@ impl ModelRuntime {
         self.stats().record_batch(took);
         let mut drift = self.drift.lock().unwrap_or_else(|p| p.into_inner());
         drift.record(took, plan.predicted_latency_ms);
+        if let Some(a) = adapter.as_mut() {
+            let off = drift
+                .error_pct(stats::DRIFT_MIN)
+                .is_some_and(|e| e.abs() > adapt::DRIFT_ROUND_PCT);
+            if off {
+                a.drift_seen();
+            }
+            // Adapting: the plans follow the host by themselves, no need to tell anyone.
+            return Ok(out);
+        }
+        drop(adapter);
         if let Some(err) = drift.warning_due() {
             log::warn!(
                 "model {}: batches run {err:+.0}% off the profile's prediction (median of the last {}): has the host changed? Re-profile with `packrat profile --force`, then `systemctl reload packrat`",
@@ -260,6 +318,197 @@ impl ModelRuntime {
             );
         }
         Ok(out)
+    }
+
+    fn adapter(&self) -> MutexGuard<'_, Option<Adapter>> {
+        self.adapter.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn adapts(&self) -> bool {
+        self.adapter().is_some()
+    }
+
+    /// Starts or stops adapting (a reload that changed the plan choice), saving what was learnt.
+    pub fn set_adapter(&self, adapter: Option<Adapter>) {
+        let mut a = self.adapter();
+        if let Some(old) = a.as_mut() {
+            old.save(true);
+        }
+        *a = adapter;
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    /// Starts `layouts`' instance sets on a helper thread (one helper at a time), so that
+    /// neither the dispatcher nor a job waits for them.
+    fn prepare_in_background(&self, pool: Arc<InstancePool>, layouts: Vec<Vec<InstanceSpec>>) {
+        if self.preparing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let busy = self.preparing.clone();
+        let name = self.cfg.name.clone();
+        let spawned = std::thread::Builder::new()
+            .name("pr-prepare".into())
+            .spawn(move || {
+                if let Err(e) = pool.prepare(&layouts) {
+                    log::warn!("model {name}: cannot start instances for a new plan: {e:#}");
+                }
+                busy.store(false, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            log::warn!("model {}: cannot spawn a helper thread: {e}", self.cfg.name);
+            self.preparing.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Adopts the pending table once its instance sets are warm (else has them started).
+    fn apply_pending(&self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((table, _)) = pending.as_ref() else {
+            return;
+        };
+        let pool = self.pool();
+        let missing: Vec<Vec<InstanceSpec>> = plans::layouts_of(table)
+            .into_iter()
+            .filter(|l| pool.warm(l).is_none())
+            .collect();
+        if !missing.is_empty() {
+            self.prepare_in_background(pool, missing);
+            return;
+        }
+        let Some((table, replan)) = pending.take() else {
+            return;
+        };
+        drop(pending);
+        log::info!(
+            "model {}: re-planned ({}): predicted {:+.1} % weighted latency; max_batch now runs {}",
+            self.cfg.name,
+            replan.reason.name(),
+            replan.predicted_change_pct,
+            replan.summary
+        );
+        plans::log_plans(&self.cfg.name, &table);
+        self.set_plans(table);
+        if let Some(a) = self.adapter().as_mut() {
+            a.switched(replan);
+        }
+    }
+
+    /// Re-solves on the live profile (when due, or now with `force`) and acts on the answer.
+    fn solve(&self, force: Option<Reason>) {
+        let decision = {
+            let mut guard = self.adapter();
+            let Some(a) = guard.as_mut() else { return };
+            if force.is_none() && !a.solve_due() {
+                return;
+            }
+            a.solve(&self.plans.table(), force)
+        };
+        match decision {
+            Some(Decision::Switch(table, replan)) => {
+                *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some((table, replan));
+            }
+            Some(Decision::Refresh(table)) => self.plans.set(table),
+            None => {}
+        }
+    }
+
+    /// Between batches: re-plan when due, adopt a prepared table, save the live profile.
+    pub fn between_batches(&self) {
+        if !self.adapts() {
+            return;
+        }
+        self.solve(None);
+        self.apply_pending();
+        if let Some(a) = self.adapter().as_mut() {
+            a.save(false);
+        }
+    }
+
+    /// `systemctl reload`: re-plans from the live profile. False when this model does not adapt.
+    pub fn replan_now(&self) -> bool {
+        if !self.adapts() {
+            return false;
+        }
+        self.solve(Some(Reason::Reload));
+        self.apply_pending();
+        true
+    }
+
+    /// Called while no job waits: does one piece of background work — an idle-gap measurement
+    /// that fits the delay bound. Returns false when there is nothing to do now.
+    pub fn idle_step(&self) -> bool {
+        self.between_batches();
+        let probe = {
+            let mut guard = self.adapter();
+            let Some(a) = guard.as_mut() else {
+                return false;
+            };
+            let bound = a.probe_bound_ms(&self.plans.table());
+            match a.next_probe(bound) {
+                Some(p) => p,
+                None => return false,
+            }
+        };
+        let k = self.topo.len() / probe.threads;
+        let Ok(cores) = self.topo.assign(&vec![probe.threads; k]) else {
+            return false;
+        };
+        let layout: Vec<InstanceSpec> = cores
+            .into_iter()
+            .map(|c| InstanceSpec {
+                threads: probe.threads,
+                cores: c,
+            })
+            .collect();
+        let Some(set) = self
+            .pool()
+            .warm(&layout)
+            .or_else(|| self.probe_pool.warm(&layout))
+        else {
+            self.prepare_in_background(self.probe_pool.clone(), vec![layout]);
+            return false;
+        };
+        // Last look: a job that arrived meanwhile goes first.
+        if !self.queue.is_empty() {
+            return false;
+        }
+        self.probe(&set, &probe, k)
+    }
+
+    fn probe(&self, set: &crate::engine::InstanceSet, probe: &Probe, k: usize) -> bool {
+        let inputs = self.model().example_inputs((probe.batch * k) as i64);
+        self.busy(true);
+        let t0 = Instant::now();
+        let res = set.run(&inputs, &vec![probe.batch; k]);
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        self.busy(false);
+        match res {
+            Ok(_) => {
+                log::debug!(
+                    "model {}: idle-gap {}{}×(t={}, b={}): {ms:.2} ms (expected {:.2})",
+                    self.cfg.name,
+                    if probe.warm_up { "warm-up " } else { "" },
+                    k,
+                    probe.threads,
+                    probe.batch,
+                    probe.expected_ms
+                );
+                if let Some(a) = self.adapter().as_mut() {
+                    a.probed(probe, ms);
+                }
+                true
+            }
+            Err(e) => {
+                log::warn!(
+                    "model {}: idle-gap measurement failed: {e:#}",
+                    self.cfg.name
+                );
+                false
+            }
+        }
     }
 
     /// Fails a job with a record; if the record cannot be written, holds the job instead.
@@ -325,6 +574,9 @@ impl ModelRuntime {
         for job in &jobs {
             self.spool.release(job);
         }
+        if let Some(a) = self.adapter().as_mut() {
+            a.save(true);
+        }
         self.spool.leave();
     }
 
@@ -372,6 +624,11 @@ impl ModelRuntime {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            adapt: self.adapter().as_ref().map(|a| a.status(&table)),
+            instance_sets_started: {
+                let (on_dispatch, ahead) = self.pool().starts();
+                SetStarts { ahead, on_dispatch }
+            },
         }
     }
 }

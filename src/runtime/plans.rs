@@ -53,8 +53,9 @@ pub fn profile_key(
     profiler::profile_key(&subject(cfg, precision), topo)
 }
 
-/// The plan table for a model, per its config. `Auto` reuses the cached profile or, when
-/// `profiling` allows, measures one; if measuring fails the model still serves, on the baseline.
+/// The plan table for a model, per its config, and the profile it was solved from. `Auto`
+/// reuses the cached profile or, when `profiling` allows, measures one; if measuring fails the
+/// model still serves, on the baseline.
 pub fn build_plans(
     cfg: &ModelConfig,
     model: &Arc<Model>,
@@ -62,18 +63,22 @@ pub fn build_plans(
     state_dir: &std::path::Path,
     profiling: Profiling,
     progress: Progress,
-) -> Result<PlanTable> {
-    let from_profile = |p: &ProfileFile| PlanTable::from_curve(&p.curve()?, topo, cfg.max_batch);
+) -> Result<(PlanTable, Option<ProfileFile>)> {
+    let from_profile = |p: ProfileFile| -> Result<(PlanTable, Option<ProfileFile>)> {
+        let table = PlanTable::from_curve(&p.curve()?, topo, cfg.max_batch)?;
+        Ok((table, Some(p)))
+    };
     match &cfg.plan {
-        PlanChoice::Baseline => Ok(PlanTable::baseline(topo, cfg.max_batch)),
+        PlanChoice::Baseline => Ok((PlanTable::baseline(topo, cfg.max_batch), None)),
         PlanChoice::Fixed(parts) => {
-            PlanTable::fixed(topo, parts, cfg.max_batch).with_context(|| {
+            let table = PlanTable::fixed(topo, parts, cfg.max_batch).with_context(|| {
                 format!(
                     "model[{}].plan does not fit the {} usable cores",
                     cfg.name,
                     topo.len()
                 )
-            })
+            })?;
+            Ok((table, None))
         }
         PlanChoice::Auto if profiling == Profiling::CachedOnly => {
             let key = profile_key(cfg, model.precision, topo)?;
@@ -83,7 +88,7 @@ pub fn build_plans(
                     cfg.name
                 )
             })?;
-            from_profile(&profile)
+            from_profile(profile)
         }
         PlanChoice::Auto => {
             let budget = Duration::from_secs_f64(cfg.profile_budget_s);
@@ -103,11 +108,11 @@ pub fn build_plans(
                             profiler::profile_path(state_dir, &cfg.name).display()
                         );
                     }
-                    from_profile(&profile)
+                    from_profile(profile)
                 }
                 Err(e) => {
                     log::error!("model {}: profiling failed ({e:#}); serving on the baseline (one instance, all cores)", cfg.name);
-                    Ok(PlanTable::baseline(topo, cfg.max_batch))
+                    Ok((PlanTable::baseline(topo, cfg.max_batch), None))
                 }
             }
         }
@@ -178,13 +183,18 @@ impl PlanState {
 
     /// Every distinct layout of the table, max_batch's first.
     pub fn layouts(&self) -> Vec<Vec<InstanceSpec>> {
-        let mut seen: Vec<Vec<InstanceSpec>> = Vec::new();
-        for plan in self.table().plans.iter().rev() {
-            let l = layout(plan);
-            if !seen.contains(&l) {
-                seen.push(l);
-            }
-        }
-        seen
+        layouts_of(&self.table())
     }
+}
+
+/// Every distinct layout of a table, max_batch's first.
+pub fn layouts_of(table: &PlanTable) -> Vec<Vec<InstanceSpec>> {
+    let mut seen: Vec<Vec<InstanceSpec>> = Vec::new();
+    for plan in table.plans.iter().rev() {
+        let l = layout(plan);
+        if !seen.contains(&l) {
+            seen.push(l);
+        }
+    }
+    seen
 }

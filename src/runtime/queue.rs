@@ -117,6 +117,29 @@ impl JobQueue {
         }
     }
 
+    /// Waits up to `timeout` for something to run; true when there is (false on timeout, or
+    /// once stopping).
+    pub fn wait_for_work(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut q = self.lock();
+        loop {
+            if self.stopping() {
+                return false;
+            }
+            if !q.owned.is_empty() || !q.waiting.is_empty() {
+                return true;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            q = self
+                .wake
+                .wait_timeout(q, left)
+                .map(|r| r.0)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
     /// Owned jobs left when the dispatcher stopped (to give back).
     pub fn take_owned(&self) -> Vec<Job> {
         self.lock().owned.drain(..).collect()

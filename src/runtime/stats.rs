@@ -12,6 +12,8 @@ use crate::planner::stats::percentile;
 const WINDOW: usize = 1024;
 /// Batches over which measured latency is compared with the plan's prediction.
 pub const DRIFT_WINDOW: usize = 50;
+/// The fewest recent batches whose median error may start a re-profiling round.
+pub const DRIFT_MIN: usize = 10;
 /// Past this median error the journal gets a warning.
 const DRIFT_WARN_PCT: f64 = 25.0;
 /// At most one drift warning per this long.

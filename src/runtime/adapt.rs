@@ -1,0 +1,450 @@
+//! Online adaptation of one `plan = "auto"` model: the [`LiveProfile`] it learns from every
+//! batch (passive samples) and from idle-gap measurements (active ones, chosen here), the
+//! batch-size mix it serves, and the decision to re-plan.
+//!
+//! Re-planning is cheap (the DP takes milliseconds), so it is tried whenever an estimate moved
+//! and at least every [`MIX_EVERY`] for the mix; a new table is adopted only when it predicts,
+//! on the live profile, a weighted latency at least [`HYSTERESIS`] lower than the table in
+//! force — evaluated on the same live profile, so two tables never flap over noise. Layouts are
+//! bounded by the menu ([`crate::planner::menu`]), so the sets a table needs are few and are
+//! started ahead of the switch, never in front of a job.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{defaults, Adapt};
+use crate::planner::live::{LiveCounts, LiveProfile, SampleKind};
+use crate::planner::menu::{self, MenuReport};
+use crate::planner::profile::ProfileFile;
+use crate::planner::topology::Topology;
+use crate::planner::{Plan, PlanTable};
+
+/// A new table must predict at least this much less weighted latency to replace the old one.
+pub const HYSTERESIS: f64 = 0.03;
+/// An estimate that moved by this fraction makes a re-plan worth trying.
+const MOVED: f64 = 0.02;
+/// Re-plans are tried at most this often.
+const SOLVE_EVERY: Duration = Duration::from_secs(1);
+/// ... and at least this often, so that a change of the batch-size mix is followed.
+pub const MIX_EVERY: Duration = Duration::from_secs(20);
+/// The live profile is written to the state dir at most this often.
+const SAVE_EVERY: Duration = Duration::from_secs(30);
+/// Past this median prediction error, every point is measured again in idle gaps.
+pub const DRIFT_ROUND_PCT: f64 = 15.0;
+/// ... at most once per this long.
+const DRIFT_ROUND_EVERY: Duration = Duration::from_secs(60);
+/// Each batch multiplies the mix's old counts by this (a memory of about 500 batches).
+const MIX_DECAY: f64 = 0.998;
+
+/// Why a model was re-planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Serving measured the plan's points off the profile.
+    Drift,
+    /// Idle-gap measurements changed points serving does not use.
+    NewPoints,
+    /// The batch-size mix changed which layouts are worth keeping.
+    Mix,
+    /// `systemctl reload`.
+    Reload,
+    /// The periodic re-profiling found a change.
+    Schedule,
+    /// At start-up, from the live profile the last run left.
+    Restored,
+}
+
+impl Reason {
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Drift => "drift",
+            Reason::NewPoints => "new_points",
+            Reason::Mix => "mix",
+            Reason::Reload => "reload",
+            Reason::Schedule => "schedule",
+            Reason::Restored => "restored",
+        }
+    }
+}
+
+/// One re-plan, as status shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Replan {
+    pub reason: Reason,
+    /// Seconds since the Unix epoch.
+    pub at: f64,
+    /// Predicted weighted latency of the new table against the old one's, in % (negative:
+    /// faster).
+    pub predicted_change_pct: f64,
+    pub summary: String,
+}
+
+/// The adaptation part of a model's status.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AdaptStatus {
+    /// Seconds since the live profile's newest sample.
+    pub live_profile_age_s: Option<f64>,
+    pub live: LiveCounts,
+    pub replans: BTreeMap<String, u64>,
+    pub last_replan: Option<Replan>,
+    pub menu: MenuReport,
+    /// The longest an idle-gap measurement may take.
+    pub probe_bound_ms: f64,
+    /// Points still to measure in idle gaps (never measured while serving, or stale).
+    pub points_pending: usize,
+    /// Points too slow to measure within the bound: they are learnt from serving only.
+    pub points_too_slow: usize,
+}
+
+/// What the adapter proposes after a solve.
+pub enum Decision {
+    /// Switch to this table (its sets first started ahead of use).
+    Switch(PlanTable, Replan),
+    /// Keep the layouts; only the predictions moved with the live profile.
+    Refresh(PlanTable),
+}
+
+/// An idle-gap measurement to make: ⌊T/t⌋ instances of (t, b) at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Probe {
+    pub threads: usize,
+    pub batch: usize,
+    pub expected_ms: f64,
+    /// The first run of a shape only warms it up (it is not recorded).
+    pub warm_up: bool,
+}
+
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+pub fn live_path(state_dir: &Path, model: &str) -> PathBuf {
+    state_dir
+        .join("profiles")
+        .join(format!("{model}.live.json"))
+}
+
+pub struct Adapter {
+    live: LiveProfile,
+    path: PathBuf,
+    topo: Topology,
+    cfg: Adapt,
+    max_batch: usize,
+    /// Decayed count of batches per size (index b-1).
+    mix: Vec<f64>,
+    /// The largest relative move of an estimate since the last solve, and by which samples.
+    moved: f64,
+    moved_by: Option<SampleKind>,
+    last_solve: Instant,
+    last_save: Instant,
+    unsaved: bool,
+    /// A re-profiling round was asked for at this time: points measured before are stale.
+    round_since: Option<f64>,
+    round_asked: Option<Instant>,
+    /// Why the points now being measured are measured.
+    probing_for: Reason,
+    shapes_run: HashSet<(usize, usize)>,
+    replans: BTreeMap<String, u64>,
+    last_replan: Option<Replan>,
+    menu: MenuReport,
+}
+
+impl Adapter {
+    /// Starts from the live profile the last run left, if it grew from this same profile
+    /// (same key, and not older than the profile file), else from `profile`. Returns whether
+    /// it was restored.
+    pub fn new(
+        profile: &ProfileFile,
+        profile_path: &Path,
+        state_dir: &Path,
+        topo: Topology,
+        cfg: Adapt,
+        max_batch: usize,
+    ) -> (Adapter, bool) {
+        let path = live_path(state_dir, &profile.model);
+        let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let restored = LiveProfile::load(&path).ok().filter(|l| {
+            l.key.is_some()
+                && l.key == profile.key
+                && l.max_batch == max_batch
+                && l.curve().is_ok()
+                && mtime(&path) >= mtime(profile_path)
+        });
+        let was_restored = restored.is_some();
+        let live = restored.unwrap_or_else(|| LiveProfile::from_profile(profile, max_batch));
+        let adapter = Adapter {
+            live,
+            path,
+            topo,
+            cfg,
+            max_batch,
+            mix: vec![0.0; max_batch],
+            moved: 0.0,
+            moved_by: None,
+            last_solve: Instant::now(),
+            last_save: Instant::now(),
+            unsaved: false,
+            round_since: None,
+            round_asked: None,
+            probing_for: Reason::NewPoints,
+            shapes_run: HashSet::new(),
+            replans: BTreeMap::new(),
+            last_replan: None,
+            menu: MenuReport::default(),
+        };
+        (adapter, was_restored)
+    }
+
+    /// The table the menu gives for the live profile now (start-up, restore).
+    pub fn table(&mut self) -> anyhow::Result<PlanTable> {
+        let curve = self.live.curve()?;
+        let (table, report) = menu::bounded(
+            &curve,
+            &self.topo,
+            self.max_batch,
+            &self.weights(),
+            self.cfg.max_layouts,
+        )?;
+        self.menu = report;
+        Ok(table)
+    }
+
+    /// Folds one batch in: each instance's time is a sample of its (t, b).
+    pub fn observe(&mut self, plan: &Plan, took: &[Option<Duration>], items: usize) {
+        for x in self.mix.iter_mut() {
+            *x *= MIX_DECAY;
+        }
+        if let Some(m) = self.mix.get_mut(items.clamp(1, self.max_batch) - 1) {
+            *m += 1.0;
+        }
+        let now = unix_now();
+        for (inst, dt) in plan.instances.iter().zip(took) {
+            if let (Some(dt), true) = (dt, inst.batch > 0) {
+                let ms = dt.as_secs_f64() * 1e3;
+                let moved =
+                    self.live
+                        .record(inst.threads, inst.batch, ms, SampleKind::Passive, now);
+                self.note_move(moved, SampleKind::Passive);
+                self.shapes_run.insert((inst.threads, inst.batch));
+            }
+        }
+    }
+
+    fn note_move(&mut self, moved: f64, kind: SampleKind) {
+        self.unsaved = true;
+        if moved >= MOVED && moved > self.moved {
+            self.moved = moved;
+            self.moved_by = Some(kind);
+        }
+    }
+
+    /// Batches run far off the predictions: measure every point again in idle gaps.
+    pub fn drift_seen(&mut self) {
+        if self
+            .round_asked
+            .is_none_or(|t| t.elapsed() > DRIFT_ROUND_EVERY)
+        {
+            self.round_asked = Some(Instant::now());
+            self.round_since = Some(unix_now());
+        }
+    }
+
+    fn weights(&self) -> Vec<f64> {
+        let total: f64 = self.mix.iter().sum();
+        let floor = 1.0 / self.max_batch as f64;
+        self.mix
+            .iter()
+            .map(|&m| floor + if total > 0.0 { m / total } else { 0.0 })
+            .collect()
+    }
+
+    /// Whether a solve is due now.
+    pub fn solve_due(&self) -> bool {
+        let since = self.last_solve.elapsed();
+        (self.moved >= MOVED && since >= SOLVE_EVERY) || since >= MIX_EVERY
+    }
+
+    /// Solves on the live profile and decides against `current` (`force`: adopt the new table
+    /// whatever it predicts, for a reload).
+    pub fn solve(&mut self, current: &PlanTable, force: Option<Reason>) -> Option<Decision> {
+        let why = force.unwrap_or(match self.moved_by {
+            _ if self.moved < MOVED => Reason::Mix,
+            Some(SampleKind::Passive) => Reason::Drift,
+            _ => self.probing_for,
+        });
+        self.last_solve = Instant::now();
+        self.moved = 0.0;
+        self.moved_by = None;
+        let curve = self.live.curve().ok()?;
+        let weights = self.weights();
+        let (table, report) = menu::bounded(
+            &curve,
+            &self.topo,
+            self.max_batch,
+            &weights,
+            self.cfg.max_layouts,
+        )
+        .ok()?;
+        let cost = |t: &PlanTable| -> f64 {
+            t.plans
+                .iter()
+                .zip(&weights)
+                .map(|(p, w)| w * menu::evaluate(p, &curve).unwrap_or(f64::INFINITY))
+                .sum()
+        };
+        let (new, old) = (cost(&table), cost(current));
+        let change = if old.is_finite() && old > 0.0 {
+            new / old - 1.0
+        } else {
+            -1.0
+        };
+        let layouts_differ = table
+            .plans
+            .iter()
+            .zip(&current.plans)
+            .any(|(a, b)| a.instances != b.instances);
+        if layouts_differ && (change <= -HYSTERESIS || force.is_some()) {
+            self.menu = report;
+            let replan = Replan {
+                reason: why,
+                at: unix_now(),
+                predicted_change_pct: change * 100.0,
+                summary: table.for_batch(self.max_batch).summary(),
+            };
+            return Some(Decision::Switch(table, replan));
+        }
+        // Same plans: their predictions follow the live profile.
+        let mut refreshed = current.clone();
+        for p in &mut refreshed.plans {
+            if let Some(l) = menu::evaluate(p, &curve) {
+                p.predicted_latency_ms = Some(l);
+            }
+        }
+        Some(Decision::Refresh(refreshed))
+    }
+
+    /// Counts a switch that took effect.
+    pub fn switched(&mut self, replan: Replan) {
+        *self
+            .replans
+            .entry(replan.reason.name().to_string())
+            .or_default() += 1;
+        self.last_replan = Some(replan);
+    }
+
+    /// The bound on an idle-gap measurement, given the table in force.
+    pub fn probe_bound_ms(&self, table: &PlanTable) -> f64 {
+        self.cfg.max_probe_delay_ms.unwrap_or_else(|| {
+            table.for_batch(1).predicted_latency_ms.unwrap_or(0.0) * defaults::PROBE_DELAY_B1_FACTOR
+        })
+    }
+
+    fn expected_ms(&self, t: usize, b: usize) -> Option<f64> {
+        if let Some(e) = self.live.point(t, b).and_then(|p| p.estimate()) {
+            return Some(e);
+        }
+        let curve = self.live.curve().ok()?;
+        let ti = curve.threads.binary_search(&t).ok()?;
+        Some(curve.latency(ti, b))
+    }
+
+    /// Points to measure in idle gaps now: (those within `bound_ms`, those beyond it).
+    fn pending(&self, bound_ms: f64) -> (Vec<Probe>, usize) {
+        let now = unix_now();
+        let mut max_age = self.cfg.reprofile_interval_s;
+        if let Some(since) = self.round_since {
+            max_age = max_age.min((now - since).max(0.0));
+        }
+        let mut fits = Vec::new();
+        let mut too_slow = 0;
+        for (t, b) in self.live.stale(now, max_age) {
+            if t > self.topo.len() {
+                continue;
+            }
+            let Some(expected_ms) = self.expected_ms(t, b) else {
+                continue;
+            };
+            if expected_ms <= bound_ms {
+                fits.push(Probe {
+                    threads: t,
+                    batch: b,
+                    expected_ms,
+                    warm_up: !self.shapes_run.contains(&(t, b)),
+                });
+            } else {
+                too_slow += 1;
+            }
+        }
+        (fits, too_slow)
+    }
+
+    /// The next idle-gap measurement, if one is due and fits `bound_ms`.
+    pub fn next_probe(&mut self, bound_ms: f64) -> Option<Probe> {
+        let probe = self.pending(bound_ms).0.into_iter().next()?;
+        let never = self
+            .live
+            .point(probe.threads, probe.batch)
+            .and_then(|p| p.last_measured())
+            .is_none();
+        self.probing_for = if never {
+            Reason::NewPoints
+        } else if self.round_since.is_some() {
+            Reason::Drift
+        } else {
+            Reason::Schedule
+        };
+        Some(probe)
+    }
+
+    /// Records an idle-gap measurement (or only notes the shape warm, for a warm-up run).
+    pub fn probed(&mut self, probe: &Probe, ms: f64) {
+        self.shapes_run.insert((probe.threads, probe.batch));
+        if probe.warm_up {
+            return;
+        }
+        let moved = self.live.record(
+            probe.threads,
+            probe.batch,
+            ms,
+            SampleKind::Active,
+            unix_now(),
+        );
+        self.note_move(moved, SampleKind::Active);
+    }
+
+    /// Writes the live profile when it changed and the last write is old enough (or `now`).
+    pub fn save(&mut self, now: bool) {
+        if !self.unsaved || (!now && self.last_save.elapsed() < SAVE_EVERY) {
+            return;
+        }
+        self.last_save = Instant::now();
+        match self.live.save(&self.path) {
+            Ok(()) => self.unsaved = false,
+            Err(e) => log::warn!(
+                "cannot save the live profile {}: {e:#} (it is kept in memory)",
+                self.path.display()
+            ),
+        }
+    }
+
+    pub fn status(&self, table: &PlanTable) -> AdaptStatus {
+        let bound = self.probe_bound_ms(table);
+        let (fits, too_slow) = self.pending(bound);
+        AdaptStatus {
+            live_profile_age_s: self.live.age_s(unix_now()),
+            live: self.live.counts.clone(),
+            replans: self.replans.clone(),
+            last_replan: self.last_replan.clone(),
+            menu: self.menu.clone(),
+            probe_bound_ms: bound,
+            points_pending: fits.len() + too_slow,
+            points_too_slow: too_slow,
+        }
+    }
+}
