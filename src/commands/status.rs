@@ -115,6 +115,51 @@ pub fn run(args: &Args) -> Result<i32> {
         if let Some(e) = m.prediction_error_pct {
             println!("  measured vs predicted batch latency: {e:+.1}% (median of recent batches)");
         }
+        if let Some(a) = &m.adapt {
+            let age = a
+                .live_profile_age_s
+                .map(|s| format!("newest sample {s:.0} s ago"))
+                .unwrap_or_else(|| "nothing measured yet".into());
+            println!(
+                "  live profile: {} points, {} measured while serving ({} passive + {} idle-gap samples), {age}",
+                a.live.points, a.live.points_measured, a.live.passive_samples, a.live.active_samples
+            );
+            let counts: Vec<String> = a.replans.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            let last = a
+                .last_replan
+                .as_ref()
+                .map(|r| {
+                    format!(
+                        "; last: {}, {:.0} s ago, predicted {:+.1} %",
+                        r.reason.name(),
+                        (crate::runtime::adapt::unix_now() - r.at).max(0.0),
+                        r.predicted_change_pct
+                    )
+                })
+                .unwrap_or_default();
+            println!(
+                "  re-plans: {}{last}",
+                if counts.is_empty() {
+                    "none".into()
+                } else {
+                    counts.join(", ")
+                }
+            );
+            println!(
+                "  layouts kept warm: {} of the unbounded table's {} ({} instances), predicted cost {:.2} %; idle-gap bound {:.1} ms, {} points to measure ({} too slow for the bound: learnt from serving)",
+                a.menu.layouts,
+                a.menu.unbounded_layouts,
+                a.menu.instances,
+                a.menu.predicted_loss_pct,
+                a.probe_bound_ms,
+                a.points_pending,
+                a.points_too_slow
+            );
+        }
+        println!(
+            "  instance sets started: {} ahead of use, {} on the dispatch path",
+            m.instance_sets_started.ahead, m.instance_sets_started.on_dispatch
+        );
         for i in &m.instances {
             println!(
                 "  instance tid {:>7}: {} threads on cores {} (libtorch sees {})",

@@ -252,7 +252,16 @@ impl Agent {
             })
             .collect();
         if troubles.is_empty() {
-            format!("serving {} model(s)", self.models.len())
+            let replans: Vec<String> = self
+                .models
+                .iter()
+                .filter_map(|rt| rt.replan_summary().map(|s| format!("{}: {s}", rt.cfg.name)))
+                .collect();
+            let mut line = format!("serving {} model(s)", self.models.len());
+            if !replans.is_empty() {
+                line.push_str(&format!(" ({})", replans.join("; ")));
+            }
+            line
         } else {
             format!("jobs held: {}", troubles.join("; "))
         }

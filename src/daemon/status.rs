@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::runtime::adapt::REASONS;
 use crate::runtime::stats::Histogram;
 use crate::runtime::ModelStatus;
 
@@ -141,7 +142,86 @@ impl Status {
                 }),
             );
         }
-        let gauges: [(&str, &str, Gauge); 6] = [
+        family(
+            "packrat_replans_total",
+            "counter",
+            "Plan tables adopted while serving, by reason (drift, new_points, mix, reload, schedule, restored).",
+            per_model(&|m, l| {
+                m.adapt
+                    .iter()
+                    .flat_map(|a| {
+                        REASONS.iter().map(move |r| {
+                            format!(
+                                "packrat_replans_total{{{l},reason=\"{}\"}} {}",
+                                r.name(),
+                                a.replans.get(r.name()).copied().unwrap_or(0)
+                            )
+                        })
+                    })
+                    .collect()
+            }),
+        );
+        family(
+            "packrat_profile_samples_total",
+            "counter",
+            "Timings folded into the live profile: passive (from serving) and active (idle gaps).",
+            per_model(&|m, l| {
+                m.adapt
+                    .iter()
+                    .flat_map(|a| {
+                        [
+                            format!(
+                                "packrat_profile_samples_total{{{l},kind=\"passive\"}} {}",
+                                a.live.passive_samples
+                            ),
+                            format!(
+                                "packrat_profile_samples_total{{{l},kind=\"active\"}} {}",
+                                a.live.active_samples
+                            ),
+                        ]
+                    })
+                    .collect()
+            }),
+        );
+        family(
+            "packrat_instance_sets_started_total",
+            "counter",
+            "Instance sets started: ahead of use (warm-up, helper threads) or on the dispatch path in front of a batch (0 after warm-up).",
+            per_model(&|m, l| {
+                let s = &m.instance_sets_started;
+                vec![
+                    format!(
+                        "packrat_instance_sets_started_total{{{l},when=\"ahead\"}} {}",
+                        s.ahead
+                    ),
+                    format!(
+                        "packrat_instance_sets_started_total{{{l},when=\"on_dispatch\"}} {}",
+                        s.on_dispatch
+                    ),
+                ]
+            }),
+        );
+        let gauges: [(&str, &str, Gauge); 10] = [
+            (
+                "packrat_prediction_error_ratio",
+                "Median (measured - predicted) / predicted batch latency of recent batches.",
+                |m| m.prediction_error_pct.map(|e| e / 100.0),
+            ),
+            (
+                "packrat_live_profile_age_seconds",
+                "Time since the live profile's newest sample.",
+                |m| m.adapt.as_ref().and_then(|a| a.live_profile_age_s),
+            ),
+            (
+                "packrat_layouts",
+                "Instance layouts the plan table uses (each kept warm).",
+                |m| m.adapt.as_ref().map(|a| a.menu.layouts as f64),
+            ),
+            (
+                "packrat_layout_menu_loss_ratio",
+                "Predicted latency cost of bounding the layouts, against the unbounded plan table.",
+                |m| m.adapt.as_ref().map(|a| a.menu.predicted_loss_pct / 100.0),
+            ),
             (
                 "packrat_jobs_waiting",
                 "Jobs seen waiting in incoming/ or held by this agent.",

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{defaults, Adapt};
-use crate::planner::live::{LiveCounts, LiveProfile, SampleKind};
+use crate::planner::live::{LiveCounts, LiveProfile, SampleKind, PRIOR_WEIGHT};
 use crate::planner::menu::{self, MenuReport};
 use crate::planner::profile::ProfileFile;
 use crate::planner::topology::Topology;
@@ -56,6 +56,16 @@ pub enum Reason {
     /// At start-up, from the live profile the last run left.
     Restored,
 }
+
+/// Every reason, in the order metrics list them.
+pub const REASONS: [Reason; 6] = [
+    Reason::Drift,
+    Reason::NewPoints,
+    Reason::Mix,
+    Reason::Reload,
+    Reason::Schedule,
+    Reason::Restored,
+];
 
 impl Reason {
     pub fn name(self) -> &'static str {
@@ -345,29 +355,19 @@ impl Adapter {
         })
     }
 
-    fn expected_ms(&self, t: usize, b: usize) -> Option<f64> {
-        if let Some(e) = self.live.point(t, b).and_then(|p| p.estimate()) {
-            return Some(e);
-        }
-        let curve = self.live.curve().ok()?;
-        let ti = curve.threads.binary_search(&t).ok()?;
-        Some(curve.latency(ti, b))
-    }
-
     /// Points to measure in idle gaps now: (those within `bound_ms`, those beyond it).
     fn pending(&self, bound_ms: f64) -> (Vec<Probe>, usize) {
         let now = unix_now();
-        let mut max_age = self.cfg.reprofile_interval_s;
-        if let Some(since) = self.round_since {
-            max_age = max_age.min((now - since).max(0.0));
-        }
         let mut fits = Vec::new();
         let mut too_slow = 0;
-        for (t, b) in self.live.stale(now, max_age) {
+        let stale = self
+            .live
+            .stale(now, self.cfg.reprofile_interval_s, self.round_since);
+        for (t, b) in stale {
             if t > self.topo.len() {
                 continue;
             }
-            let Some(expected_ms) = self.expected_ms(t, b) else {
+            let Some(expected_ms) = self.live.expected_ms(t, b) else {
                 continue;
             };
             if expected_ms <= bound_ms {
@@ -408,6 +408,14 @@ impl Adapter {
         if probe.warm_up {
             return;
         }
+        // A point far from its estimate: the host may have changed, look at all of them.
+        let settled = self
+            .live
+            .point(probe.threads, probe.batch)
+            .is_some_and(|p| p.samples_len() > PRIOR_WEIGHT);
+        if settled && (ms - probe.expected_ms).abs() > probe.expected_ms * DRIFT_ROUND_PCT / 100.0 {
+            self.drift_seen();
+        }
         let moved = self.live.record(
             probe.threads,
             probe.batch,
@@ -431,6 +439,13 @@ impl Adapter {
                 self.path.display()
             ),
         }
+    }
+
+    /// `3 re-plans, last: drift` (None before the first).
+    pub fn summary(&self) -> Option<String> {
+        let last = self.last_replan.as_ref()?;
+        let n: u64 = self.replans.values().sum();
+        Some(format!("{n} re-plan(s), last: {}", last.reason.name()))
     }
 
     pub fn status(&self, table: &PlanTable) -> AdaptStatus {

@@ -75,6 +75,12 @@ pub struct ModelStatus {
     pub latency_p99_ms: Option<f64>,
     /// Median (measured − predicted) / predicted of the last 50 planned batches, in %.
     pub prediction_error_pct: Option<f64>,
+    /// Median |measured − predicted| / predicted of the last 20 planned batches, in %.
+    #[serde(default)]
+    pub prediction_abs_error_pct: Option<f64>,
+    /// The plan for every batch size 1..=max_batch now in force.
+    #[serde(default)]
+    pub plan_table: Vec<Plan>,
     /// Why jobs are held (disk full, spool not writable), while they are.
     #[serde(default)]
     pub storage_problem: Option<String>,
@@ -326,6 +332,11 @@ impl ModelRuntime {
 
     fn adapts(&self) -> bool {
         self.adapter().is_some()
+    }
+
+    /// What STATUS= says of this model's re-plans (None before the first).
+    pub fn replan_summary(&self) -> Option<String> {
+        self.adapter().as_ref().and_then(Adapter::summary)
     }
 
     /// Starts or stops adapting (a reload that changed the plan choice), saving what was learnt.
@@ -591,6 +602,12 @@ impl ModelRuntime {
             let s = self.storage();
             (s.problem(), s.disk_full())
         };
+        let (prediction_error_pct, prediction_abs_error_pct) = {
+            let d = self.drift.lock().unwrap_or_else(|p| p.into_inner());
+            (d.recent_error_pct(), d.abs_error_pct(20))
+        };
+        // Never hold `stats` while taking the adapter: run_batch takes them the other way round.
+        let adapt = self.adapter().as_ref().map(|a| a.status(&table));
         let stats = self.stats();
         ModelStatus {
             name: self.cfg.name.clone(),
@@ -608,11 +625,9 @@ impl ModelRuntime {
             batch_ms_sum: stats.batch_ms_sum,
             latency_p50_ms: stats.percentile(50.0),
             latency_p99_ms: stats.percentile(99.0),
-            prediction_error_pct: self
-                .drift
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .recent_error_pct(),
+            prediction_error_pct,
+            prediction_abs_error_pct,
+            plan_table: table.plans.clone(),
             storage_problem,
             disk_full,
             job_latency: stats.job_latency.clone(),
@@ -624,7 +639,7 @@ impl ModelRuntime {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
-            adapt: self.adapter().as_ref().map(|a| a.status(&table)),
+            adapt,
             instance_sets_started: {
                 let (on_dispatch, ahead) = self.pool().starts();
                 SetStarts { ahead, on_dispatch }

@@ -137,6 +137,19 @@ impl Drift {
             .flatten()
     }
 
+    /// Median |error| over the last `n` planned batches (or as many as there are).
+    pub fn abs_error_pct(&self, n: usize) -> Option<f64> {
+        let k = self.errors_pct.len();
+        percentile(
+            self.errors_pct
+                .iter()
+                .skip(k.saturating_sub(n))
+                .map(|e| e.abs())
+                .collect(),
+            50.0,
+        )
+    }
+
     /// Median error over the recent window or whatever there is of it.
     pub fn recent_error_pct(&self) -> Option<f64> {
         self.error_pct(DRIFT_WINDOW.min(self.errors_pct.len()))

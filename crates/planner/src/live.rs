@@ -25,6 +25,8 @@ use crate::stats::median;
 pub const WINDOW: usize = 9;
 /// How many samples the measured profile's value counts for, until real ones push it out.
 pub const PRIOR_WEIGHT: usize = 3;
+/// Samples a re-profiling round takes of each point: enough to move the median.
+pub const ROUND_SAMPLES: usize = WINDOW / 2 + 1;
 
 /// Where a sample came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +78,19 @@ impl LivePoint {
     /// When this point was last measured on this host while serving (None: prior only).
     pub fn last_measured(&self) -> Option<f64> {
         self.samples.back().map(|s| s.at)
+    }
+
+    pub fn samples_len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Whether the measured profile's value still outweighs what was measured here.
+    fn prior_dominates(&self) -> bool {
+        self.prior_ms.is_some() && self.samples.len() <= PRIOR_WEIGHT
+    }
+
+    fn samples_since(&self, t: f64) -> usize {
+        self.samples.iter().filter(|s| s.at >= t).count()
     }
 }
 
@@ -167,6 +182,36 @@ impl LiveProfile {
         }
     }
 
+    /// What measuring (t, b) is expected to take. For a point this host has not yet measured
+    /// enough, its estimate is scaled by how far this host's samples of the nearest measured
+    /// batch size of the same thread count are from their prior: when the measured profile
+    /// is wrong for this host, its unmeasured points are wrong alike, and an idle-gap bound
+    /// judged on them would keep them from ever being measured.
+    pub fn expected_ms(&self, t: usize, b: usize) -> Option<f64> {
+        let point = self.point(t, b);
+        let est = match point.and_then(LivePoint::estimate) {
+            Some(e) => e,
+            None => {
+                let curve = self.curve().ok()?;
+                curve.latency(curve.threads.binary_search(&t).ok()?, b)
+            }
+        };
+        if point.is_some_and(|p| !p.prior_dominates() && !p.samples.is_empty()) {
+            return Some(est);
+        }
+        let ratio = self
+            .points
+            .iter()
+            .filter(|p| p.threads == t && p.batch != b && !p.samples.is_empty())
+            .filter_map(|p| {
+                let measured = median(&p.samples.iter().map(|s| s.ms).collect::<Vec<_>>())?;
+                Some((p.batch.abs_diff(b), measured / p.prior_ms?))
+            })
+            .min_by_key(|x| x.0)
+            .map_or(1.0, |x| x.1);
+        Some(est * ratio)
+    }
+
     /// The profile as the planner reads it: each point's estimate. Thread counts without a
     /// batch-1 point are left out (the curve needs it to model small sub-batches).
     pub fn profile(&self) -> ProfileFile {
@@ -205,9 +250,11 @@ impl LiveProfile {
     }
 
     /// The points worth measuring in an idle gap, most needed first: those of the profiler's
-    /// grid (and any other known point) never measured while serving, then those whose last
-    /// sample is older than `max_age_s`, oldest first.
-    pub fn stale(&self, now: f64, max_age_s: f64) -> Vec<(usize, usize)> {
+    /// grid (and any other known point) never measured while serving; then, least recently
+    /// measured first, those whose prior still outweighs this host's samples, those with
+    /// fewer than [`ROUND_SAMPLES`] samples since a re-profiling round began at `round`, and
+    /// those whose last sample is older than `max_age_s`.
+    pub fn stale(&self, now: f64, max_age_s: f64, round: Option<f64>) -> Vec<(usize, usize)> {
         let mut want: Vec<(usize, usize)> = targets(self.cores, self.max_batch)
             .into_iter()
             .flat_map(|(t, bs)| bs.into_iter().map(move |b| (t, b)))
@@ -220,12 +267,17 @@ impl LiveProfile {
         let mut aged: Vec<(f64, (usize, usize))> = want
             .into_iter()
             .filter_map(|(t, b)| {
-                let last = self.point(t, b).and_then(LivePoint::last_measured);
-                match last {
-                    None => Some((f64::NEG_INFINITY, (t, b))),
-                    Some(at) if now - at > max_age_s => Some((at, (t, b))),
-                    Some(_) => None,
-                }
+                let never = Some((f64::NEG_INFINITY, (t, b)));
+                let Some(p) = self.point(t, b) else {
+                    return never;
+                };
+                let Some(at) = p.last_measured() else {
+                    return never;
+                };
+                let stale = p.prior_dominates()
+                    || round.is_some_and(|r| p.samples_since(r) < ROUND_SAMPLES)
+                    || now - at > max_age_s;
+                stale.then_some((at, (t, b)))
             })
             .collect();
         // Never measured first; then oldest; small points before large ones on ties.
@@ -333,17 +385,41 @@ mod tests {
     #[test]
     fn stale_points_come_first_never_measured_then_oldest() {
         let mut l = base();
-        let s = l.stale(1000.0, 60.0);
+        let s = l.stale(1000.0, 60.0, None);
         // The 2-core, max_batch 2 grid: (1,1), (2,1), (2,2); (1,2) is a known point too.
         assert_eq!(s.len(), 4);
         assert_eq!(&s[..2], &[(1, 1), (2, 1)]);
-        for (t, b) in [(1, 1), (2, 1), (2, 2)] {
-            l.record(t, b, 10.0, SampleKind::Active, 990.0);
+        // Until this host's samples outweigh the prior, a point stays wanted.
+        for k in 0..=PRIOR_WEIGHT {
+            for (t, b) in [(1, 1), (2, 1), (2, 2)] {
+                assert!(l.stale(1000.0, 60.0, None).contains(&(t, b)), "{k}");
+                l.record(t, b, 10.0, SampleKind::Active, 980.0 + k as f64);
+            }
         }
-        l.record(1, 2, 10.0, SampleKind::Active, 900.0);
-        assert_eq!(l.stale(1000.0, 60.0), vec![(1, 2)]);
-        assert_eq!(l.counts.active_samples, 4);
-        assert_eq!(l.age_s(1000.0), Some(10.0));
+        for _ in 0..=PRIOR_WEIGHT {
+            l.record(1, 2, 10.0, SampleKind::Active, 900.0);
+        }
+        assert_eq!(l.stale(1000.0, 60.0, None), vec![(1, 2)]);
+        assert_eq!(l.counts.active_samples, 4 * 4);
+        assert_eq!(l.age_s(1000.0), Some(1000.0 - 980.0 - PRIOR_WEIGHT as f64));
+        // A round wants ROUND_SAMPLES of every point from its start on.
+        let mut round = l.stale(1000.0, 600.0, Some(999.0));
+        round.sort();
+        assert_eq!(round, vec![(1, 1), (1, 2), (2, 1), (2, 2)]);
+        for k in 0..ROUND_SAMPLES {
+            l.record(2, 2, 10.0, SampleKind::Active, 999.5 + k as f64);
+        }
+        assert!(!l.stale(1010.0, 600.0, Some(999.0)).contains(&(2, 2)));
+    }
+
+    #[test]
+    fn a_point_not_yet_measured_is_expected_as_far_off_as_its_measured_neighbour() {
+        let mut l = base();
+        assert_eq!(l.expected_ms(1, 2), Some(19.0));
+        l.record(1, 1, 5.0, SampleKind::Active, 0.0);
+        // (1,1) ran at half its prior: (1,2) is expected at half too.
+        assert_eq!(l.expected_ms(1, 2), Some(9.5));
+        assert_eq!(l.expected_ms(2, 2), Some(11.0));
     }
 
     #[test]
