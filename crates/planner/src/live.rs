@@ -4,8 +4,8 @@
 //! measured in an idle gap (active samples).
 //!
 //! The estimator of a point is the median of its last [`WINDOW`] samples, with the prior
-//! standing in for [`PRIOR_WEIGHT`] samples until enough real ones arrive. Why a windowed
-//! median: one outlier (a page fault storm, a noisy neighbour's burst) never moves it — it
+//! standing in for [`PRIOR_WEIGHT`] samples until more than that many real ones arrive. Why a
+//! windowed median: one outlier (a page fault storm, a noisy neighbour's burst) never moves it — it
 //! needs a majority of the window — while a real change of the host's speed takes over the
 //! estimate after ⌈WINDOW/2⌉ samples, which for any point serving uses is seconds, and for an
 //! idle-gap point within a few re-profiling rounds. Time only matters for staleness: a point
@@ -65,12 +65,13 @@ impl LivePoint {
         }
     }
 
-    /// The windowed median, the prior filling the window's free places (up to PRIOR_WEIGHT).
+    /// The windowed median; while there are at most PRIOR_WEIGHT samples, the prior counts as
+    /// PRIOR_WEIGHT more (so one or two odd samples do not move it), and after that not at
+    /// all (so a prior that is wrong for this host does not bias what was measured here).
     pub fn estimate(&self) -> Option<f64> {
         let mut v: Vec<f64> = self.samples.iter().map(|s| s.ms).collect();
-        if let Some(p) = self.prior_ms {
-            let fill = PRIOR_WEIGHT.min(WINDOW.saturating_sub(v.len()));
-            v.extend(std::iter::repeat_n(p, fill));
+        if let Some(p) = self.prior_ms.filter(|_| v.len() <= PRIOR_WEIGHT) {
+            v.extend(std::iter::repeat_n(p, PRIOR_WEIGHT));
         }
         median(&v)
     }
