@@ -15,7 +15,7 @@ use crate::planner::profile::ProfileFile;
 use crate::planner::topology::Topology;
 use crate::planner::PlanTable;
 use crate::profiler::profile_path;
-use crate::runtime::adapt::{live_path, Adapter};
+use crate::runtime::adapt::{live_path, unix_now, Adapter, Reason, Replan};
 use crate::runtime::plans::{build_plans, log_plans, Profiling};
 use crate::runtime::precision::resolve;
 use crate::runtime::ModelRuntime;
@@ -188,6 +188,12 @@ impl Agent {
                         live_path(&config.state_dir, &mc.name).display()
                     );
                     log_plans(&mc.name, &t);
+                    adapter.switched(Replan {
+                        reason: Reason::Restored,
+                        at: unix_now(),
+                        predicted_change_pct: 0.0,
+                        summary: t.for_batch(mc.max_batch).summary(),
+                    });
                 }
                 (t, Some(adapter))
             }
