@@ -12,14 +12,14 @@
 //! - [`daemon`]: `packrat serve` — the event loop (signals, inotify, timers), reload and drain,
 //!   sd_notify, the status file and metrics;
 //! - [`runtime`]: one per model — its queue, dispatcher (coalescing, splitting), plan table in
-//!   force, stats and drift;
+//!   force, online adaptation (live profile, idle-gap measurements, re-plans), stats and drift;
 //! - [`config`]: the TOML config, parsed and validated field by field before anything starts;
 //! - [`profiler`]: targeted, co-located profiling through the engine, and the profile cache;
 //! - [`engine`]: libtorch — models (TorchScript files, built-ins), pinned instance sets, the
 //!   instance pool;
 //! - [`tensorfile`]: the `.npy` / `.npz` / `.safetensors` formats, one file each;
-//! - [`planner`] (crate `packrat-planner`): profiles, the knapsack DP, CPU topology, plan
-//!   tables — no libtorch;
+//! - [`planner`] (crate `packrat-planner`): profiles, the knapsack DP, the bounded layout menu,
+//!   the live profile, CPU topology, plan tables — no libtorch;
 //! - [`spool`] (crate `packrat-spool`): the on-disk protocol — claim by rename, recovery,
 //!   atomic outputs, failure records, the client side — no libtorch.
 

@@ -150,6 +150,11 @@ fn a_wrong_profile_is_corrected_while_serving_without_a_restart() {
     );
     assert_eq!(agent.files("out").len(), names.len());
     assert!(agent.log().contains("re-planned ("), "{}", agent.log());
+    assert!(
+        agent.log().contains("re-plans from its live profile"),
+        "the SIGHUP re-planned from the live profile: {}",
+        agent.log()
+    );
     // What it learnt outlives the agent: the live profile corrected the points made 3× slow.
     assert_eq!(agent.stop(Signal::SIGTERM), 0);
     let live = LiveProfile::load(&agent.state().join("profiles/m.live.json")).unwrap();
@@ -237,4 +242,40 @@ fn a_batch_size_shift_starts_no_instance_set_and_runs_each_size_with_its_plan() 
     }
     assert!(agent.files("failed").is_empty());
     assert_eq!(agent.files("out").len(), n as usize);
+}
+
+/// `max_batch_delay_ms`: single-item jobs that arrive close together are run as one batch when
+/// the agent may wait for more; without the delay each runs as soon as it is seen.
+#[test]
+fn a_batch_delay_coalesces_jobs_that_arrive_close_together() {
+    let _alone = alone();
+    let batches = |delay_ms: u64| -> Vec<usize> {
+        let mut agent = Agent::configured(
+            None,
+            "",
+            "builtin:tiny_cnn",
+            &format!("plan = \"baseline\"\nmax_batch_delay_ms = {delay_ms}"),
+        );
+        agent.spawn(&[("RUST_LOG", "debug")]);
+        let x = input("tiny_cnn", 1);
+        let mut names = Vec::new();
+        for i in 0..4 {
+            names.push(agent.submit(&format!("j{i}.npy"), &[("input".into(), x.shallow_clone())]));
+            std::thread::sleep(Duration::from_millis(40));
+        }
+        for n in &names {
+            agent.wait(n).unwrap();
+        }
+        assert_eq!(agent.stop(Signal::SIGTERM), 0);
+        agent
+            .log()
+            .lines()
+            .filter_map(|l| l.split(": batch of ").nth(1))
+            .filter_map(|r| r.split(' ').next()?.parse().ok())
+            .collect()
+    };
+    // inotify sees each job within a millisecond: with no delay, one batch per job.
+    assert_eq!(batches(0), vec![1, 1, 1, 1]);
+    // Waiting up to 1 s for more gathers all four (120 ms apart at most).
+    assert_eq!(batches(1000), vec![4]);
 }
