@@ -137,6 +137,16 @@ pub fn cached(state_dir: &Path, key: &ProfileKey) -> Option<ProfileFile> {
     (p.key.as_ref() == Some(key) && p.curve().is_ok()).then_some(p)
 }
 
+/// The layout a point with `t` threads is measured on: ⌊T/t⌋ instances on disjoint cores.
+pub fn co_located(topo: &Topology, t: usize) -> Result<Vec<InstanceSpec>> {
+    let k = topo.len() / t.max(1);
+    Ok(topo
+        .assign(&vec![t; k])?
+        .into_iter()
+        .map(|cores| InstanceSpec { threads: t, cores })
+        .collect())
+}
+
 /// Measures the model on `topo`'s cores within about `budget`.
 pub fn measure(
     model: Arc<Model>,
@@ -157,16 +167,8 @@ pub fn measure(
     let pool = InstancePool::new(model.clone(), "prof", plan.len());
     let mut sets = Vec::with_capacity(plan.len());
     for (t, _) in &plan {
-        let k = cores / t;
-        let layout: Vec<InstanceSpec> = topo
-            .assign(&vec![*t; k])?
-            .into_iter()
-            .map(|c| InstanceSpec {
-                threads: *t,
-                cores: c,
-            })
-            .collect();
-        sets.push((k, pool.get(&layout)?));
+        let layout = co_located(topo, *t)?;
+        sets.push((layout.len(), pool.get(&layout)?));
     }
     // Breadth-first over batch sizes, so that when the budget runs out it is the largest
     // batches that are left to extrapolation, for every thread count alike.

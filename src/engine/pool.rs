@@ -51,15 +51,16 @@ impl InstancePool {
             sets.insert(0, set.clone());
             return Ok(set);
         }
-        let set = Arc::new(InstanceSet::start(
-            self.model.clone(),
-            layout.to_vec(),
-            &self.label,
-        )?);
+        let set = self.start(layout)?;
         self.cold_starts.fetch_add(1, Ordering::Relaxed);
         sets.insert(0, set.clone());
         sets.truncate(self.capacity);
         Ok(set)
+    }
+
+    fn start(&self, layout: &[InstanceSpec]) -> Result<Arc<InstanceSet>> {
+        let set = InstanceSet::start(self.model.clone(), layout.to_vec(), &self.label)?;
+        Ok(Arc::new(set))
     }
 
     /// The warm set for `layout`, if there is one (never starts a set, keeps the order).
@@ -76,11 +77,7 @@ impl InstancePool {
             if self.warm(l).is_some() {
                 continue;
             }
-            let set = Arc::new(InstanceSet::start(
-                self.model.clone(),
-                l.clone(),
-                &self.label,
-            )?);
+            let set = self.start(l)?;
             self.prepared.fetch_add(1, Ordering::Relaxed);
             n += 1;
             let mut sets = self.lock();

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{defaults, Adapt};
 use crate::planner::live::{LiveCounts, LiveProfile, SampleKind, PRIOR_WEIGHT};
 use crate::planner::menu::{self, MenuReport};
-use crate::planner::profile::ProfileFile;
+use crate::planner::profile::{Curve, ProfileFile};
 use crate::planner::topology::Topology;
 use crate::planner::{Plan, PlanTable};
 
@@ -213,16 +213,19 @@ impl Adapter {
 
     /// The table the menu gives for the live profile now (start-up, restore).
     pub fn table(&mut self) -> anyhow::Result<PlanTable> {
-        let curve = self.live.curve()?;
-        let (table, report) = menu::bounded(
-            &curve,
-            &self.topo,
-            self.max_batch,
-            &self.weights(),
-            self.cfg.max_layouts,
-        )?;
+        let (table, report) = self.bounded(&self.live.curve()?, &self.weights())?;
         self.menu = report;
         Ok(table)
+    }
+
+    fn bounded(&self, curve: &Curve, weights: &[f64]) -> anyhow::Result<(PlanTable, MenuReport)> {
+        menu::bounded(
+            curve,
+            &self.topo,
+            self.max_batch,
+            weights,
+            self.cfg.max_layouts,
+        )
     }
 
     /// Folds one batch in: each instance's time is a sample of its (t, b).
@@ -293,14 +296,7 @@ impl Adapter {
         self.moved_by = None;
         let curve = self.live.curve().ok()?;
         let weights = self.weights();
-        let (table, report) = menu::bounded(
-            &curve,
-            &self.topo,
-            self.max_batch,
-            &weights,
-            self.cfg.max_layouts,
-        )
-        .ok()?;
+        let (table, report) = self.bounded(&curve, &weights).ok()?;
         let cost = |t: &PlanTable| -> f64 {
             t.plans
                 .iter()

@@ -463,17 +463,10 @@ impl ModelRuntime {
                 None => return false,
             }
         };
-        let k = self.topo.len() / probe.threads;
-        let Ok(cores) = self.topo.assign(&vec![probe.threads; k]) else {
+        let Ok(layout) = crate::profiler::co_located(&self.topo, probe.threads) else {
             return false;
         };
-        let layout: Vec<InstanceSpec> = cores
-            .into_iter()
-            .map(|c| InstanceSpec {
-                threads: probe.threads,
-                cores: c,
-            })
-            .collect();
+        let k = layout.len();
         let Some(set) = self
             .pool()
             .warm(&layout)

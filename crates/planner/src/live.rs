@@ -18,7 +18,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::profile::{targets, Curve, Point, ProfileFile, ProfileKey};
+use crate::profile::{save_json, targets, Curve, Point, ProfileFile, ProfileKey};
 use crate::stats::median;
 
 /// Samples per point the estimate looks at.
@@ -303,12 +303,7 @@ impl LiveProfile {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        serde_json::to_writer(&mut tmp, self)?;
-        tmp.persist(path).map_err(|e| e.error)?;
-        Ok(())
+        save_json(path, self)
     }
 }
 
@@ -317,14 +312,7 @@ mod tests {
     use super::*;
 
     fn base() -> LiveProfile {
-        let pt = |threads, batch, latency_ms| Point {
-            threads,
-            batch,
-            latency_ms,
-            latency_min_ms: None,
-            latency_max_ms: None,
-            samples: None,
-        };
+        let pt = Point::new;
         let p = ProfileFile {
             model: "m".into(),
             cores: 2,

@@ -197,14 +197,7 @@ mod tests {
     fn curve(points: &[(usize, usize, f64)]) -> Curve {
         let pts: Vec<Point> = points
             .iter()
-            .map(|&(threads, batch, latency_ms)| Point {
-                threads,
-                batch,
-                latency_ms,
-                latency_min_ms: None,
-                latency_max_ms: None,
-                samples: None,
-            })
+            .map(|&(t, b, ms)| Point::new(t, b, ms))
             .collect();
         Curve::from_points(&pts).unwrap()
     }

@@ -21,6 +21,17 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+/// Writes `value` as JSON to `path` atomically (a temporary file beside it, then a rename), so
+/// that a reader or a crash never sees half a file.
+pub fn save_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    serde_json::to_writer_pretty(&mut tmp, value)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Point {
     pub threads: usize,
@@ -68,6 +79,20 @@ pub struct ProfileFile {
     pub points: Vec<Point>,
 }
 
+impl Point {
+    /// A measured point without the optional spread and sample count.
+    pub fn new(threads: usize, batch: usize, latency_ms: f64) -> Point {
+        Point {
+            threads,
+            batch,
+            latency_ms,
+            latency_min_ms: None,
+            latency_max_ms: None,
+            samples: None,
+        }
+    }
+}
+
 impl ProfileFile {
     pub fn load(path: &Path) -> Result<ProfileFile> {
         let text = std::fs::read_to_string(path)
@@ -87,12 +112,7 @@ impl ProfileFile {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        serde_json::to_writer_pretty(&mut tmp, self)?;
-        tmp.persist(path).map_err(|e| e.error)?;
-        Ok(())
+        save_json(path, self)
     }
 
     /// Validates the points and builds the latency model.
