@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::engine::{Builtin, EngineKind, InputSpec, Model, ModelSource, Precision};
+use crate::engine::{Builtin, EngineKind, EngineOptions, InputSpec, Model, ModelSource, Precision};
 use crate::planner::topology::{self, parse_cpu_list, Topology};
 use crate::planner::FixedInstance;
 use crate::tensorfile::kind_from_name;
@@ -136,6 +136,7 @@ struct RawModel {
     max_layouts: usize,
     #[serde(default = "defaults::max_batch_delay_ms")]
     max_batch_delay_ms: f64,
+    static_shapes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,6 +201,7 @@ pub struct ModelConfig {
     pub adapt: Adapt,
     /// When fewer than max_batch items wait, wait up to this long for more (0: never wait).
     pub max_batch_delay_ms: f64,
+    pub engine_options: EngineOptions,
 }
 
 /// How a `plan = "auto"` model keeps its plans true while serving.
@@ -231,7 +233,13 @@ pub struct Config {
 impl ModelConfig {
     /// Loads the model on its engine in `precision`.
     pub fn load(&self, precision: Precision) -> anyhow::Result<Model> {
-        Model::load(&self.name, &self.source, self.inputs.clone(), precision)
+        Model::load_with(
+            &self.name,
+            &self.source,
+            self.inputs.clone(),
+            precision,
+            self.engine_options,
+        )
     }
 }
 
@@ -473,7 +481,29 @@ fn model(i: usize, m: RawModel, cores: Option<&[usize]>) -> Result<ModelConfig, 
             ),
         );
     }
+    let static_shapes = match m.static_shapes {
+        Some(n) if n > 64 => {
+            return refuse(
+                f("static_shapes"),
+                format!("{n} is out of range"),
+                format!(
+                    "use 0..64, e.g. static_shapes = {} (each kept size holds another compiled copy of the model; 0: dynamic shapes only)",
+                    EngineOptions::DEFAULT_STATIC_SHAPES
+                ),
+            )
+        }
+        Some(_) if source.engine() != EngineKind::OpenVino => {
+            return refuse(
+                f("static_shapes"),
+                format!("engine {} has no static shapes", source.engine().name()),
+                "remove it, or use engine = \"openvino\"",
+            )
+        }
+        Some(n) => n,
+        None => EngineOptions::DEFAULT_STATIC_SHAPES,
+    };
     Ok(ModelConfig {
+        engine_options: EngineOptions { static_shapes },
         adapt: Adapt {
             enabled: m.adapt,
             reprofile_interval_s: m.reprofile_interval_s,
@@ -761,6 +791,8 @@ mod tests {
             ("source = \"builtin:tiny_cnn\"\nmax_probe_delay_ms = -5.0", "model[0].max_probe_delay_ms", "positive"),
             ("source = \"builtin:tiny_cnn\"\nmax_batch_delay_ms = -1.0", "model[0].max_batch_delay_ms", "between"),
             ("source = \"builtin:tiny_cnn\"\nmax_layouts = 0", "model[0].max_layouts", "out of range"),
+            ("source = \"builtin:tiny_cnn\"\nstatic_shapes = 2", "model[0].static_shapes", "no static shapes"),
+            ("source = \"builtin:tiny_cnn\"\nstatic_shapes = 65", "model[0].static_shapes", "out of range"),
             ("source = \"builtin:tiny_cnn\"\nadapt = \"yes\"", "line 6", "bool"),
         ];
         for (model, field, problem) in cases {

@@ -309,6 +309,58 @@ fn openvino_threads_inherit_their_instances_cores() {
 }
 
 #[test]
+fn openvino_weighs_static_shapes_at_warm_up_and_serves_the_same_outputs() {
+    let m = models();
+    // Every sub-batch size of the table (max_batch 8) is weighed once per instance, before READY.
+    let agent = openvino_agent(
+        m.path(),
+        "cnn.onnx",
+        "plan = \"baseline\"\nstatic_shapes = 64",
+    );
+    let st = agent.status();
+    let weighed = st["models"][0]["static_shapes"].as_array().unwrap().clone();
+    let threads = st["models"][0]["instances"][0]["threads"].as_u64().unwrap();
+    let mut sizes: Vec<u64> = weighed
+        .iter()
+        .map(|w| w["batch"].as_u64().unwrap())
+        .collect();
+    sizes.sort();
+    assert_eq!(sizes, (1..=8).collect::<Vec<_>>(), "{weighed:?}");
+    for w in &weighed {
+        assert_eq!(w["threads"].as_u64(), Some(threads), "{w}");
+        assert!(w["static_ms"].as_f64().unwrap() > 0.0, "{w}");
+        assert!(w["dynamic_ms"].as_f64().unwrap() > 0.0, "{w}");
+    }
+    // Whichever way each size went, the outputs are the reference's.
+    for n in [1, 3, 8] {
+        let x = load(&m.path().join(format!("cnn_x{n}.npy"))).remove(0).1;
+        let want = load(&m.path().join(format!("cnn_y{n}.npy"))).remove(0).1;
+        let name = agent.submit(&format!("x{n}.npy"), &[("x".into(), x)]);
+        assert_close(&read(&agent.wait(&name).unwrap())[0].1, &want);
+    }
+    drop(agent);
+    // A budget bounds the sizes kept static; 0 weighs none.
+    for (budget, most) in [(1, 1), (0, 0)] {
+        let agent = openvino_agent(
+            m.path(),
+            "cnn.onnx",
+            &format!("plan = \"baseline\"\nstatic_shapes = {budget}"),
+        );
+        let st = agent.status();
+        let weighed = st["models"][0]["static_shapes"].as_array().unwrap();
+        let kept = weighed.iter().filter(|w| w["kept"] == true).count();
+        assert!(kept <= most, "budget {budget}: {weighed:?}");
+        if budget == 0 {
+            assert!(weighed.is_empty(), "{weighed:?}");
+        }
+        let x = load(&m.path().join("cnn_x3.npy")).remove(0).1;
+        let want = load(&m.path().join("cnn_y3.npy")).remove(0).1;
+        let name = agent.submit("x.npy", &[("x".into(), x)]);
+        assert_close(&read(&agent.wait(&name).unwrap())[0].1, &want);
+    }
+}
+
+#[test]
 fn auto_precision_picks_bf16_where_it_is_harmless_and_f32_where_it_is_not() {
     let m = models();
     let benign = openvino_agent(

@@ -188,6 +188,19 @@ fn measure(
     let b = pb.batch;
     let inputs = model.example_inputs(b as i64);
     let t1_ms = |inputs: &[Tensor]| t1.time_ms(inputs);
+    // As the agent's warm-up does: the engine may compile these shapes (static shapes).
+    for c in [a, p] {
+        for s in c.set.specialize(&inputs, &c.shares)? {
+            println!(
+                "    {} thread(s) × {}: static shape {:.2} ms, dynamic {:.2} ms: {} kept",
+                s.threads,
+                s.batch,
+                s.static_ms,
+                s.dynamic_ms,
+                if s.kept { "static" } else { "dynamic" }
+            );
+        }
+    }
     for _ in 0..2 {
         a.time_ms(&inputs)?;
         p.time_ms(&inputs)?;

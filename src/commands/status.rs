@@ -160,6 +160,31 @@ pub fn run(args: &Args) -> Result<i32> {
             "  instance sets started: {} ahead of use, {} on the dispatch path",
             m.instance_sets_started.ahead, m.instance_sets_started.on_dispatch
         );
+        if !m.static_shapes.is_empty() {
+            let kept: Vec<String> = m
+                .static_shapes
+                .iter()
+                .filter(|s| s.kept)
+                .map(|s| {
+                    format!(
+                        "{}t×{} ({:.0} %)",
+                        s.threads,
+                        s.batch,
+                        (s.static_ms / s.dynamic_ms - 1.0) * 100.0
+                    )
+                })
+                .collect();
+            println!(
+                "  static shapes: {} of {} sub-batch sizes weighed run faster static{}",
+                kept.len(),
+                m.static_shapes.len(),
+                if kept.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", kept.join(", "))
+                }
+            );
+        }
         for i in &m.instances {
             println!(
                 "  instance tid {:>7}: {} threads on cores {} (libtorch sees {})",

@@ -5,6 +5,7 @@
 //! threads inherit the mask, then open the session (which sets the thread count once). A
 //! thread is never re-pinned by the runtime; a new layout gets new threads.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -15,7 +16,7 @@ use nix::sched::{sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
 use tch::Tensor;
 
-use super::{concat_outputs, Model, Outputs};
+use super::{concat_outputs, Model, Outputs, Specialized};
 
 /// What one instance is: how many intra-op threads and which cores.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -37,10 +38,18 @@ pub struct InstanceInfo {
 /// An instance's reply: its slot, its outputs, and how long its forward pass took.
 type Reply = (usize, Result<Outputs>, Duration);
 
-struct Task {
-    inputs: Vec<Tensor>,
-    reply: mpsc::Sender<Reply>,
-    slot: usize,
+enum Task {
+    /// A forward pass on this instance's share.
+    Run {
+        inputs: Vec<Tensor>,
+        reply: mpsc::Sender<Reply>,
+        slot: usize,
+    },
+    /// [`Session::specialize`] for this share's shape.
+    Specialize {
+        inputs: Vec<Tensor>,
+        reply: mpsc::Sender<Result<Option<Specialized>>>,
+    },
 }
 
 struct Worker {
@@ -98,15 +107,26 @@ impl InstanceSet {
                         observed_threads: session.observed_threads(),
                     };
                     let _ = ready_tx.send(Ok(info));
+                    let panicked = || anyhow!("the model panicked in an instance thread");
                     while let Ok(task) = rx.recv() {
-                        let t0 = Instant::now();
-                        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            session.run(&task.inputs)
-                        }))
-                        .unwrap_or_else(|_| {
-                            Err(anyhow!("the model panicked in an instance thread"))
-                        });
-                        let _ = task.reply.send((task.slot, res, t0.elapsed()));
+                        match task {
+                            Task::Run {
+                                inputs,
+                                reply,
+                                slot,
+                            } => {
+                                let t0 = Instant::now();
+                                let res = catch_unwind(AssertUnwindSafe(|| session.run(&inputs)))
+                                    .unwrap_or_else(|_| Err(panicked()));
+                                let _ = reply.send((slot, res, t0.elapsed()));
+                            }
+                            Task::Specialize { inputs, reply } => {
+                                let res =
+                                    catch_unwind(AssertUnwindSafe(|| session.specialize(&inputs)))
+                                        .unwrap_or_else(|_| Err(panicked()));
+                                let _ = reply.send(res);
+                            }
+                        }
                     }
                 })
                 .context("cannot spawn an instance thread")?;
@@ -140,36 +160,12 @@ impl InstanceSet {
         inputs: &[Tensor],
         shares: &[usize],
     ) -> Result<(Outputs, Vec<Option<Duration>>)> {
-        if shares.len() != self.workers.len() {
-            bail!(
-                "plan has {} shares for {} instances",
-                shares.len(),
-                self.workers.len()
-            );
-        }
         let (reply_tx, reply_rx) = mpsc::channel();
-        let mut offset = 0i64;
-        let mut sent = 0;
-        for (slot, (&n, w)) in shares.iter().zip(&self.workers).enumerate() {
-            if n == 0 {
-                continue;
-            }
-            let part: Vec<Tensor> = inputs
-                .iter()
-                .map(|t| t.narrow(0, offset, n as i64))
-                .collect();
-            offset += n as i64;
-            let tx =
-                w.tx.as_ref()
-                    .ok_or_else(|| anyhow!("instance {slot} is shut down"))?;
-            tx.send(Task {
-                inputs: part,
-                reply: reply_tx.clone(),
-                slot,
-            })
-            .map_err(|_| anyhow!("instance {slot} has exited"))?;
-            sent += 1;
-        }
+        let sent = self.send_shares(inputs, shares, |inputs, slot| Task::Run {
+            inputs,
+            reply: reply_tx.clone(),
+            slot,
+        })?;
         drop(reply_tx);
         let mut parts: Vec<Option<Outputs>> = (0..shares.len()).map(|_| None).collect();
         let mut first_err = None;
@@ -189,6 +185,63 @@ impl InstanceSet {
         }
         let parts: Vec<Outputs> = parts.into_iter().flatten().collect();
         Ok((concat_outputs(parts)?, took))
+    }
+}
+
+impl InstanceSet {
+    /// Sends each instance with a non-zero share its slice of `inputs`, as `task(slice, slot)`;
+    /// returns how many were sent.
+    fn send_shares(
+        &self,
+        inputs: &[Tensor],
+        shares: &[usize],
+        task: impl Fn(Vec<Tensor>, usize) -> Task,
+    ) -> Result<usize> {
+        if shares.len() != self.workers.len() {
+            bail!(
+                "plan has {} shares for {} instances",
+                shares.len(),
+                self.workers.len()
+            );
+        }
+        let mut offset = 0i64;
+        let mut sent = 0;
+        for (slot, (&n, w)) in shares.iter().zip(&self.workers).enumerate() {
+            if n == 0 {
+                continue;
+            }
+            let part: Vec<Tensor> = inputs
+                .iter()
+                .map(|t| t.narrow(0, offset, n as i64))
+                .collect();
+            offset += n as i64;
+            let tx =
+                w.tx.as_ref()
+                    .ok_or_else(|| anyhow!("instance {slot} is shut down"))?;
+            tx.send(task(part, slot))
+                .map_err(|_| anyhow!("instance {slot} has exited"))?;
+            sent += 1;
+        }
+        Ok(sent)
+    }
+
+    /// Has each instance prepare for its share's shape ([`Session::specialize`]); returns what
+    /// the engine found, instance by instance.
+    pub fn specialize(&self, inputs: &[Tensor], shares: &[usize]) -> Result<Vec<Specialized>> {
+        let (reply_tx, reply_rx) = mpsc::channel();
+        let sent = self.send_shares(inputs, shares, |inputs, _| Task::Specialize {
+            inputs,
+            reply: reply_tx.clone(),
+        })?;
+        drop(reply_tx);
+        let mut found = Vec::new();
+        for _ in 0..sent {
+            let res = reply_rx
+                .recv()
+                .map_err(|_| anyhow!("an instance thread died while specializing"))?;
+            found.extend(res?);
+        }
+        Ok(found)
     }
 }
 

@@ -23,7 +23,7 @@ use tch::{Kind, Tensor};
 
 pub use builtins::Builtin;
 pub use instances::{InstanceInfo, InstanceSet, InstanceSpec};
-pub use model::{InputMismatch, MismatchKind, Model, ModelSource};
+pub use model::{EngineOptions, InputMismatch, MismatchKind, Model, ModelSource};
 pub use onnx::ONNXRUNTIME_VERSION;
 pub use openvino::OPENVINO_VERSION;
 pub use pool::InstancePool;
@@ -44,6 +44,25 @@ pub trait Session {
     fn run(&mut self, inputs: &[Tensor]) -> Result<Outputs>;
     /// The intra-op thread count as the engine reports it from inside the instance thread.
     fn observed_threads(&self) -> i32;
+    /// Prepares for batches shaped like `inputs` ahead of serving them (warm-up, never on the
+    /// dispatch path): an engine that can compile a faster kernel for one shape does so here
+    /// and says what it found. The default does nothing.
+    fn specialize(&mut self, _inputs: &[Tensor]) -> Result<Option<Specialized>> {
+        Ok(None)
+    }
+}
+
+/// What [`Session::specialize`] found for one sub-batch size.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Specialized {
+    /// The instance's intra-op threads.
+    pub threads: usize,
+    pub batch: usize,
+    pub static_ms: f64,
+    pub dynamic_ms: f64,
+    pub compile_ms: f64,
+    /// Whether the static shape serves this size from now on.
+    pub kept: bool,
 }
 
 /// The inference engines packrat drives.

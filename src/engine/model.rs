@@ -74,12 +74,42 @@ pub struct Model {
     backend: Box<dyn Backend>,
 }
 
+/// Engine settings beyond the precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// OpenVINO: sub-batch sizes per instance that may get a static-shape compiled model.
+    pub static_shapes: usize,
+}
+
+impl EngineOptions {
+    pub const DEFAULT_STATIC_SHAPES: usize = 4;
+}
+
+impl Default for EngineOptions {
+    fn default() -> EngineOptions {
+        EngineOptions {
+            static_shapes: EngineOptions::DEFAULT_STATIC_SHAPES,
+        }
+    }
+}
+
 impl Model {
+    /// [`Model::load_with`] the default options.
     pub fn load(
         name: &str,
         source: &ModelSource,
         inputs: Vec<InputSpec>,
         precision: Precision,
+    ) -> Result<Model> {
+        Model::load_with(name, source, inputs, precision, EngineOptions::default())
+    }
+
+    pub fn load_with(
+        name: &str,
+        source: &ModelSource,
+        inputs: Vec<InputSpec>,
+        precision: Precision,
+        options: EngineOptions,
     ) -> Result<Model> {
         let backend: Box<dyn Backend> = match source {
             ModelSource::Builtin(b) => Box::new(Torch::new(
@@ -106,7 +136,12 @@ impl Model {
                 );
                 Box::new(Onnx::load(path, &inputs)?)
             }
-            ModelSource::OpenVino(path) => Box::new(OpenVino::load(path, &inputs, precision)?),
+            ModelSource::OpenVino(path) => Box::new(OpenVino::load(
+                path,
+                &inputs,
+                precision,
+                options.static_shapes,
+            )?),
         };
         Ok(Model {
             name: name.to_string(),

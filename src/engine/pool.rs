@@ -69,15 +69,21 @@ impl InstancePool {
     }
 
     /// Starts the sets of `layouts` that are not warm, one at a time and without holding the
-    /// pool, so that a dispatcher using warm sets meanwhile never waits for a start. They go in
-    /// least recently used; returns how many were started.
-    pub fn prepare(&self, layouts: &[Vec<InstanceSpec>]) -> Result<usize> {
+    /// pool, so that a dispatcher using warm sets meanwhile never waits for a start; `ready`
+    /// readies each new set before it joins the pool. They go in least recently used; returns
+    /// how many were started.
+    pub fn prepare(
+        &self,
+        layouts: &[Vec<InstanceSpec>],
+        ready: impl Fn(&InstanceSet) -> Result<()>,
+    ) -> Result<usize> {
         let mut n = 0;
         for l in layouts {
             if self.warm(l).is_some() {
                 continue;
             }
             let set = self.start(l)?;
+            ready(&set)?;
             self.prepared.fetch_add(1, Ordering::Relaxed);
             n += 1;
             let mut sets = self.lock();

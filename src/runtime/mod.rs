@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::config::ModelConfig;
-use crate::engine::{InstanceInfo, InstancePool, InstanceSpec, Model, Outputs};
+use crate::engine::{
+    InstanceInfo, InstancePool, InstanceSet, InstanceSpec, Model, Outputs, Specialized,
+};
 use crate::planner::topology::Topology;
 use crate::planner::{Plan, PlanSource, PlanTable};
 use crate::spool::{Job, JobError, Spool, StorageError};
@@ -100,6 +102,9 @@ pub struct ModelStatus {
     pub adapt: Option<AdaptStatus>,
     #[serde(default)]
     pub instance_sets_started: SetStarts,
+    /// Sub-batch sizes weighed for a static shape at warm-up (OpenVINO), instance by instance.
+    #[serde(default)]
+    pub static_shapes: Vec<Specialized>,
 }
 
 pub struct ModelRuntime {
@@ -126,6 +131,8 @@ pub struct ModelRuntime {
     pending: Mutex<Option<(PlanTable, Replan)>>,
     /// A helper thread is starting instance sets.
     preparing: Arc<AtomicBool>,
+    /// What the instance sets' sessions found when readied for their shapes.
+    specialized: Arc<Mutex<Vec<Specialized>>>,
 }
 
 impl ModelRuntime {
@@ -145,6 +152,7 @@ impl ModelRuntime {
             probe_pool: Arc::new(probe_pool),
             pending: Mutex::new(None),
             preparing: Arc::new(AtomicBool::new(false)),
+            specialized: Arc::new(Mutex::new(Vec::new())),
             cfg,
             spool,
             plans: PlanState::new(table),
@@ -229,7 +237,10 @@ impl ModelRuntime {
     pub fn warm_up(&self) -> Result<()> {
         let table = self.plans.table();
         let layouts = self.plans.layouts();
-        self.pool().prepare(&layouts)?;
+        let model = self.model();
+        self.pool().prepare(&layouts, |set| {
+            specialize_set(&self.cfg.name, &table, &model, set, &self.specialized)
+        })?;
         for l in layouts {
             let plan = table
                 .plans
@@ -354,16 +365,27 @@ impl ModelRuntime {
 
     /// Starts `layouts`' instance sets on a helper thread (one helper at a time), so that
     /// neither the dispatcher nor a job waits for them.
-    fn prepare_in_background(&self, pool: Arc<InstancePool>, layouts: Vec<Vec<InstanceSpec>>) {
+    /// New sets are readied for the sub-batch shapes `table` gives them, when there is one.
+    fn prepare_in_background(
+        &self,
+        pool: Arc<InstancePool>,
+        layouts: Vec<Vec<InstanceSpec>>,
+        table: Option<PlanTable>,
+    ) {
         if self.preparing.swap(true, Ordering::SeqCst) {
             return;
         }
         let busy = self.preparing.clone();
         let name = self.cfg.name.clone();
+        let specialized = self.specialized.clone();
         let spawned = std::thread::Builder::new()
             .name("pr-prepare".into())
             .spawn(move || {
-                if let Err(e) = pool.prepare(&layouts) {
+                let ready = |set: &InstanceSet| match &table {
+                    Some(t) => specialize_set(&name, t, pool.model(), set, &specialized),
+                    None => Ok(()),
+                };
+                if let Err(e) = pool.prepare(&layouts, ready) {
                     log::warn!("model {name}: cannot start instances for a new plan: {e:#}");
                 }
                 busy.store(false, Ordering::SeqCst);
@@ -386,7 +408,7 @@ impl ModelRuntime {
             .filter(|l| pool.warm(l).is_none())
             .collect();
         if !missing.is_empty() {
-            self.prepare_in_background(pool, missing);
+            self.prepare_in_background(pool, missing, Some(table.clone()));
             return;
         }
         let Some((table, replan)) = pending.take() else {
@@ -472,7 +494,7 @@ impl ModelRuntime {
             .warm(&layout)
             .or_else(|| self.probe_pool.warm(&layout))
         else {
-            self.prepare_in_background(self.probe_pool.clone(), vec![layout]);
+            self.prepare_in_background(self.probe_pool.clone(), vec![layout], None);
             return false;
         };
         // Last look: a job that arrived meanwhile goes first.
@@ -637,6 +659,48 @@ impl ModelRuntime {
                 let (on_dispatch, ahead) = self.pool().starts();
                 SetStarts { ahead, on_dispatch }
             },
+            static_shapes: self
+                .specialized
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
+}
+
+/// Readies a new instance set for the sub-batch shapes `table` gives its layout, smallest batch
+/// first (see [`crate::engine::Session::specialize`]), and records what the engine found. An
+/// engine that fails to specialize keeps serving through its general path: a warning, not an
+/// error.
+fn specialize_set(
+    name: &str,
+    table: &PlanTable,
+    model: &Model,
+    set: &InstanceSet,
+    found: &Mutex<Vec<Specialized>>,
+) -> Result<()> {
+    for plan in table.plans.iter().filter(|p| layout(p) == set.layout) {
+        let inputs = model.example_inputs(plan.batch as i64);
+        match set.specialize(&inputs, &plan.shares()) {
+            Ok(done) => {
+                for s in &done {
+                    log::info!(
+                        "model {name}: {} thread(s), sub-batch {}: static shape {:.2} ms, dynamic {:.2} ms (compiled in {:.0} ms): {}",
+                        s.threads,
+                        s.batch,
+                        s.static_ms,
+                        s.dynamic_ms,
+                        s.compile_ms,
+                        if s.kept { "static kept" } else { "dynamic kept" }
+                    );
+                }
+                found.lock().unwrap_or_else(|p| p.into_inner()).extend(done);
+            }
+            Err(e) => {
+                log::warn!("model {name}: serving with dynamic shapes only: {e:#}");
+                break;
+            }
+        }
+    }
+    Ok(())
 }
