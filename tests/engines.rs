@@ -330,6 +330,8 @@ fn openvino_weighs_static_shapes_at_warm_up_and_serves_the_same_outputs() {
         assert_eq!(w["threads"].as_u64(), Some(threads), "{w}");
         assert!(w["static_ms"].as_f64().unwrap() > 0.0, "{w}");
         assert!(w["dynamic_ms"].as_f64().unwrap() > 0.0, "{w}");
+        let ratio = w["ratio"].as_f64().unwrap();
+        assert_eq!(w["kept"] == true, ratio <= 0.97, "{w}");
     }
     // Whichever way each size went, the outputs are the reference's.
     for n in [1, 3, 8] {

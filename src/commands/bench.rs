@@ -192,11 +192,12 @@ fn measure(
     for c in [a, p] {
         for s in c.set.specialize(&inputs, &c.shares)? {
             println!(
-                "    {} thread(s) × {}: static shape {:.2} ms, dynamic {:.2} ms: {} kept",
+                "    {} thread(s) × {}: static shape {:.2} ms, dynamic {:.2} ms, paired ratio {:.3}: {} kept",
                 s.threads,
                 s.batch,
                 s.static_ms,
                 s.dynamic_ms,
+                s.ratio,
                 if s.kept { "static" } else { "dynamic" }
             );
         }

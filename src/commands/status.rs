@@ -170,7 +170,7 @@ pub fn run(args: &Args) -> Result<i32> {
                         "{}t×{} ({:.0} %)",
                         s.threads,
                         s.batch,
-                        (s.static_ms / s.dynamic_ms - 1.0) * 100.0
+                        (s.ratio - 1.0) * 100.0
                     )
                 })
                 .collect();

@@ -45,7 +45,7 @@ enum Task {
         reply: mpsc::Sender<Reply>,
         slot: usize,
     },
-    /// [`Session::specialize`] for this share's shape.
+    /// [`super::Session::specialize`] for this share's shape.
     Specialize {
         inputs: Vec<Tensor>,
         reply: mpsc::Sender<Result<Option<Specialized>>>,
@@ -186,9 +186,7 @@ impl InstanceSet {
         let parts: Vec<Outputs> = parts.into_iter().flatten().collect();
         Ok((concat_outputs(parts)?, took))
     }
-}
 
-impl InstanceSet {
     /// Sends each instance with a non-zero share its slice of `inputs`, as `task(slice, slot)`;
     /// returns how many were sent.
     fn send_shares(
@@ -225,8 +223,8 @@ impl InstanceSet {
         Ok(sent)
     }
 
-    /// Has each instance prepare for its share's shape ([`Session::specialize`]); returns what
-    /// the engine found, instance by instance.
+    /// Has each instance prepare for its share's shape ([`super::Session::specialize`]);
+    /// returns what the engine found, instance by instance.
     pub fn specialize(&self, inputs: &[Tensor], shares: &[usize]) -> Result<Vec<Specialized>> {
         let (reply_tx, reply_rx) = mpsc::channel();
         let sent = self.send_shares(inputs, shares, |inputs, _| Task::Specialize {

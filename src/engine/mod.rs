@@ -61,6 +61,9 @@ pub struct Specialized {
     pub static_ms: f64,
     pub dynamic_ms: f64,
     pub compile_ms: f64,
+    /// The median over interleaved pairs of runs of static / dynamic time: what decides, as
+    /// the two medians alone can disagree with it on a drifting host.
+    pub ratio: f64,
     /// Whether the static shape serves this size from now on.
     pub kept: bool,
 }

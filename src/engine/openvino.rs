@@ -336,7 +336,7 @@ impl Session for OpenVinoSession {
         infer(request, &self.outputs, inputs)
     }
 
-    /// OpenVINO's CPU plugin runs a static shape 3–19 % faster than the same batch through a
+    /// OpenVINO's CPU plugin runs a static shape up to 19 % faster than the same batch through a
     /// dynamic one on some models (ResNet-50 at small batches) and slower on others (BERT in
     /// bf16 at 2–4 sequences), and every compiled model holds its own copy of the weights: so
     /// each size is compiled, weighed against the dynamic model on these inputs, and kept only
@@ -367,6 +367,7 @@ impl Session for OpenVinoSession {
             static_ms,
             dynamic_ms,
             compile_ms,
+            ratio,
             kept,
         }))
     }

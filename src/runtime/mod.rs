@@ -685,11 +685,12 @@ fn specialize_set(
             Ok(done) => {
                 for s in &done {
                     log::info!(
-                        "model {name}: {} thread(s), sub-batch {}: static shape {:.2} ms, dynamic {:.2} ms (compiled in {:.0} ms): {}",
+                        "model {name}: {} thread(s), sub-batch {}: static shape {:.2} ms, dynamic {:.2} ms, paired ratio {:.3} (compiled in {:.0} ms): {}",
                         s.threads,
                         s.batch,
                         s.static_ms,
                         s.dynamic_ms,
+                        s.ratio,
                         s.compile_ms,
                         if s.kept { "static kept" } else { "dynamic kept" }
                     );
