@@ -15,8 +15,8 @@
 //!   force, online adaptation (live profile, idle-gap measurements, re-plans), stats and drift;
 //! - [`config`]: the TOML config, parsed and validated field by field before anything starts;
 //! - [`profiler`]: targeted, co-located profiling through the engine, and the profile cache;
-//! - [`engine`]: libtorch — models (TorchScript files, built-ins), pinned instance sets, the
-//!   instance pool;
+//! - [`engine`]: the engines (libtorch for TorchScript files and built-ins, ONNX Runtime,
+//!   OpenVINO) behind one session interface, pinned instance sets, the instance pool;
 //! - [`tensorfile`]: the `.npy` / `.npz` / `.safetensors` formats, one file each;
 //! - [`planner`] (crate `packrat-planner`): profiles, the knapsack DP, the bounded layout menu,
 //!   the live profile, CPU topology, plan tables — no libtorch;

@@ -36,6 +36,15 @@ fn load(path: &Path) -> Vec<(String, Tensor)> {
     read(path)
 }
 
+/// The CNN's example batch of `n` items and the reference's outputs for it.
+fn cnn_case(models: &Path, n: usize) -> (Tensor, Tensor) {
+    let first = |name: String| load(&models.join(name)).remove(0).1;
+    (
+        first(format!("cnn_x{n}.npy")),
+        first(format!("cnn_y{n}.npy")),
+    )
+}
+
 fn onnx_agent(models: &Path, file: &str, extra: &str) -> Agent {
     Agent::start_source(&models.join(file).display().to_string(), extra)
 }
@@ -49,8 +58,7 @@ fn an_onnx_model_serves_every_format_and_batch_size_like_the_reference() {
         "input = [3, 8, 8]\nplan = \"baseline\"",
     );
     for n in [1, 3, 8] {
-        let x = load(&m.path().join(format!("cnn_x{n}.npy"))).remove(0).1;
-        let want = load(&m.path().join(format!("cnn_y{n}.npy"))).remove(0).1;
+        let (x, want) = cnn_case(m.path(), n);
         for ext in ["npy", "npz", "safetensors"] {
             let name = agent.submit(&format!("x{n}.{ext}"), &[("x".into(), x.shallow_clone())]);
             let got = read(&agent.wait(&name).unwrap());
@@ -217,8 +225,7 @@ fn openvino_agent(models: &Path, file: &str, extra: &str) -> Agent {
 #[test]
 fn openvino_serves_onnx_and_ir_models_in_f32_and_bf16() {
     let m = models();
-    let x = load(&m.path().join("cnn_x3.npy")).remove(0).1;
-    let want = load(&m.path().join("cnn_y3.npy")).remove(0).1;
+    let (x, want) = cnn_case(m.path(), 3);
     for file in ["cnn.onnx", "cnn.xml"] {
         let agent = openvino_agent(m.path(), file, "plan = \"baseline\"");
         let name = agent.submit("x.npy", &[("x".into(), x.shallow_clone())]);
@@ -335,8 +342,7 @@ fn openvino_weighs_static_shapes_at_warm_up_and_serves_the_same_outputs() {
     }
     // Whichever way each size went, the outputs are the reference's.
     for n in [1, 3, 8] {
-        let x = load(&m.path().join(format!("cnn_x{n}.npy"))).remove(0).1;
-        let want = load(&m.path().join(format!("cnn_y{n}.npy"))).remove(0).1;
+        let (x, want) = cnn_case(m.path(), n);
         let name = agent.submit(&format!("x{n}.npy"), &[("x".into(), x)]);
         assert_close(&read(&agent.wait(&name).unwrap())[0].1, &want);
     }
@@ -355,8 +361,7 @@ fn openvino_weighs_static_shapes_at_warm_up_and_serves_the_same_outputs() {
         if budget == 0 {
             assert!(weighed.is_empty(), "{weighed:?}");
         }
-        let x = load(&m.path().join("cnn_x3.npy")).remove(0).1;
-        let want = load(&m.path().join("cnn_y3.npy")).remove(0).1;
+        let (x, want) = cnn_case(m.path(), 3);
         let name = agent.submit("x.npy", &[("x".into(), x)]);
         assert_close(&read(&agent.wait(&name).unwrap())[0].1, &want);
     }

@@ -23,6 +23,7 @@ use openvino::{Core, DeviceType, ElementType, InferRequest, PartialShape, RwProp
 use tch::{Kind, Tensor};
 
 use super::{Backend, InputSpec, InstanceSpec, Outputs, Precision, Session, Specialized};
+use crate::planner::stats::median;
 
 /// The OpenVINO version `packaging/setup-openvino.sh` installs.
 pub const OPENVINO_VERSION: &str = "2026.4.0";
@@ -295,9 +296,9 @@ fn timed_ms(request: &mut InferRequest, names: &[String], inputs: &[Tensor]) -> 
     Ok(t0.elapsed().as_secs_f64() * 1e3)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// The batch size of a forward pass's inputs (dimension 0 of the first).
+fn batch_of(inputs: &[Tensor]) -> Option<i64> {
+    inputs.first().and_then(|t| t.size().first().copied())
 }
 
 /// (static ms, dynamic ms, median of the pairs' static/dynamic ratios), after a warm-up run of
@@ -323,13 +324,13 @@ fn weigh(
         d.push(b);
         ratio.push(a / b.max(1e-9));
     }
-    Ok((median(s), median(d), median(ratio)))
+    let med = |v: &[f64]| median(v).unwrap_or(f64::NAN);
+    Ok((med(&s), med(&d), med(&ratio)))
 }
 
 impl Session for OpenVinoSession {
     fn run(&mut self, inputs: &[Tensor]) -> Result<Outputs> {
-        let batch = inputs.first().and_then(|t| t.size().first().copied());
-        let request = match batch.and_then(|b| self.fixed.get_mut(&b)) {
+        let request = match batch_of(inputs).and_then(|b| self.fixed.get_mut(&b)) {
             Some(r) => r,
             None => &mut self.dynamic,
         };
@@ -342,13 +343,11 @@ impl Session for OpenVinoSession {
     /// each size is compiled, weighed against the dynamic model on these inputs, and kept only
     /// when it wins, up to `static_shapes` sizes per instance.
     fn specialize(&mut self, inputs: &[Tensor]) -> Result<Option<Specialized>> {
-        let Some(batch) = inputs.first().and_then(|t| t.size().first().copied()) else {
+        let Some(batch) = batch_of(inputs) else {
             return Ok(None);
         };
-        if self.fixed.len() >= self.compiler.static_shapes
-            || self.fixed.contains_key(&batch)
-            || !self.tried.insert(batch)
-        {
+        // A kept size was tried too: `tried` alone says whether a size was weighed.
+        if self.fixed.len() >= self.compiler.static_shapes || !self.tried.insert(batch) {
             return Ok(None);
         }
         let shapes: Vec<Vec<i64>> = inputs.iter().map(|t| t.size()).collect();
