@@ -40,6 +40,10 @@ pub mod defaults {
     /// `precision = "auto"` serves bf16 while its outputs stay within 1 % of the largest f32
     /// output (ResNet-50 drifts 0.4–0.8 % here; a model that loses more falls back to f32).
     pub const BF16_TOLERANCE: f64 = 0.01;
+    /// `precision = "auto"` serves bf16 only where it is also measurably faster: f32 time over
+    /// bf16 time, median of interleaved pairs at load, at least this (OpenVINO on AMX: ~5×;
+    /// libtorch autocast: ~1.5–1.9×; a small model may not gain at all).
+    pub const BF16_MIN_SPEEDUP: f64 = 1.1;
     pub const DTYPE: &str = "float32";
     /// `plan = "auto"` keeps learning while it serves and re-plans by itself.
     pub const ADAPT: bool = true;
@@ -73,6 +77,9 @@ pub mod defaults {
     }
     pub fn bf16_tolerance() -> f64 {
         BF16_TOLERANCE
+    }
+    pub fn bf16_min_speedup() -> f64 {
+        BF16_MIN_SPEEDUP
     }
     pub fn adapt() -> bool {
         ADAPT
@@ -127,6 +134,8 @@ struct RawModel {
     profile_budget_s: f64,
     #[serde(default = "defaults::bf16_tolerance")]
     bf16_tolerance: f64,
+    #[serde(default = "defaults::bf16_min_speedup")]
+    bf16_min_speedup: f64,
     #[serde(default = "defaults::adapt")]
     adapt: bool,
     #[serde(default = "defaults::reprofile_interval_s")]
@@ -193,6 +202,8 @@ pub struct ModelConfig {
     pub precision: PrecisionChoice,
     /// For `auto`: the largest drift of bf16 from f32 (relative to the largest f32 output).
     pub bf16_tolerance: f64,
+    /// For `auto`: the least f32/bf16 time ratio at which bf16 is worth serving (0: any).
+    pub bf16_min_speedup: f64,
     pub inputs: Vec<InputSpec>,
     pub max_batch: usize,
     pub max_job_bytes: u64,
@@ -440,6 +451,16 @@ fn model(i: usize, m: RawModel, cores: Option<&[usize]>) -> Result<ModelConfig, 
             ),
         );
     }
+    if !(m.bf16_min_speedup.is_finite() && (0.0..=1000.0).contains(&m.bf16_min_speedup)) {
+        return refuse(
+            f("bf16_min_speedup"),
+            format!("{} is not a speed-up between 0 and 1000", m.bf16_min_speedup),
+            format!(
+                "leave it out ({}) or write e.g. bf16_min_speedup = 1.2 (bf16 must run 20 % faster); 0 serves bf16 whatever its speed",
+                defaults::BF16_MIN_SPEEDUP
+            ),
+        );
+    }
     if !(budget.is_finite() && budget > 0.0) {
         return refuse(
             f("profile_budget_s"),
@@ -515,6 +536,7 @@ fn model(i: usize, m: RawModel, cores: Option<&[usize]>) -> Result<ModelConfig, 
         source,
         precision,
         bf16_tolerance: m.bf16_tolerance,
+        bf16_min_speedup: m.bf16_min_speedup,
         inputs,
         max_batch: m.max_batch,
         max_job_bytes: m.max_job_bytes,
@@ -877,6 +899,11 @@ mod tests {
         assert_eq!(auto.models[0].bf16_tolerance, 0.05);
         let (field, _) = model(&onnx, "precision = \"auto\"\nbf16_tolerance = 2.0").unwrap_err();
         assert_eq!(field, "model[0].bf16_tolerance");
+        assert_eq!(auto.models[0].bf16_min_speedup, defaults::BF16_MIN_SPEEDUP);
+        let (field, problem) =
+            model(&onnx, "precision = \"auto\"\nbf16_min_speedup = -1").unwrap_err();
+        assert_eq!(field, "model[0].bf16_min_speedup");
+        assert!(problem.contains("-1"), "{problem}");
     }
 
     #[test]

@@ -1,25 +1,28 @@
-//! packrat: a node agent that serves PyTorch models on CPU from a spool directory, running
-//! each model as several pinned instances whose ⟨instances, threads, sub-batch⟩ split is chosen
-//! by the Packrat planner (ICML 2025).
+//! packrat: a node agent that serves deep-learning models on CPU from a spool directory —
+//! TorchScript on libtorch, ONNX on ONNX Runtime, ONNX or IR on OpenVINO — running each model
+//! as several pinned instances whose ⟨instances, threads, sub-batch⟩ split is chosen by the
+//! Packrat planner (ICML 2025).
 //!
 //! # Layout
 //!
 //! A job flows spool → runtime (queue, dispatcher) → planner → engine (instances) → outputs.
-//! Modules depend only on those listed after them (`tests/layers.rs` checks it):
+//! Modules depend only on those listed after them, and no two files import each other
+//! (`tests/layers.rs` checks both):
 //!
 //! - [`commands`]: the command line, one file per command (`serve`, `submit`, `status`, `plan`,
 //!   `profile`, `bench`, `demo`); thin, none imports another;
 //! - [`daemon`]: `packrat serve` — the event loop (signals, inotify, timers), reload and drain,
 //!   sd_notify, the status file and metrics;
 //! - [`runtime`]: one per model — its queue, dispatcher (coalescing, splitting), plan table in
-//!   force, online adaptation (live profile, idle-gap measurements, re-plans), stats and drift;
+//!   force, the precision in use and why, online adaptation (live profile, idle-gap
+//!   measurements, re-plans), stats and drift;
 //! - [`config`]: the TOML config, parsed and validated field by field before anything starts;
 //! - [`profiler`]: targeted, co-located profiling through the engine, and the profile cache;
 //! - [`engine`]: the engines (libtorch for TorchScript files and built-ins, ONNX Runtime,
 //!   OpenVINO) behind one session interface, pinned instance sets, the instance pool;
 //! - [`tensorfile`]: the `.npy` / `.npz` / `.safetensors` formats, one file each;
 //! - [`planner`] (crate `packrat-planner`): profiles, the knapsack DP, the bounded layout menu,
-//!   the live profile, CPU topology, plan tables — no libtorch;
+//!   the live profile, CPU topology and features (bf16, AMX), plan tables — no libtorch;
 //! - [`spool`] (crate `packrat-spool`): the on-disk protocol — claim by rename, recovery,
 //!   atomic outputs, failure records, the client side — no libtorch.
 

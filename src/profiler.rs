@@ -23,6 +23,7 @@ use anyhow::{Context, Result};
 use crate::engine::{
     EngineKind, InputSpec, InstancePool, InstanceSet, InstanceSpec, Model, ModelSource, Precision,
 };
+use crate::planner::cpu::CpuInfo;
 use crate::planner::profile::{targets, Point, ProfileFile, ProfileKey};
 use crate::planner::stats::median_precision;
 use crate::planner::topology::Topology;
@@ -71,15 +72,7 @@ fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
 }
 
 fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
+    CpuInfo::detect().model.clone()
 }
 
 /// The version of an engine's library.
@@ -115,6 +108,7 @@ pub fn profile_key(subject: &Subject, topo: &Topology) -> Result<ProfileKey> {
         model_hash,
         input: format!("{:?}", subject.inputs),
         cpu_model: cpu_model(),
+        cpu: CpuInfo::detect().key(),
         cores: topo.ordered(),
         engine: format!(
             "{} {} {}",
@@ -294,7 +288,7 @@ pub fn measure(
     Ok(ProfileFile {
         model: model.name.clone(),
         cores,
-        machine: Some(cpu_model()),
+        machine: Some(CpuInfo::detect().summary()),
         source: Some(format!("packrat {} targeted co-located profiling", env!("CARGO_PKG_VERSION"))),
         framework: Some(format!(
             "{} {} {}",

@@ -42,11 +42,61 @@ fn plans(st: &serde_json::Value) -> Vec<Plan> {
     serde_json::from_value(st["models"][0]["plan_table"].clone()).unwrap()
 }
 
-/// How much slower than the optimum `table`'s plan for `b` is, on the curve `truth`.
-fn excess(table: &[Plan], b: usize, truth: &Curve, best: &PlanTable) -> f64 {
-    let got = evaluate(&table[b - 1], truth).unwrap();
-    let opt = best.for_batch(b).predicted_latency_ms.unwrap();
-    got / opt - 1.0
+/// The live profile's points as status shows them, as a curve (each estimate a point).
+fn live_curve(st: &serde_json::Value) -> Curve {
+    let points: Vec<serde_json::Value> = st["models"][0]["adapt"]["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            serde_json::json!({"threads": p["threads"], "batch": p["batch"], "latency_ms": p["estimate_ms"]})
+        })
+        .collect();
+    let file: ProfileFile =
+        serde_json::from_value(serde_json::json!({"model": "m", "cores": 2, "points": points}))
+            .unwrap();
+    file.curve().unwrap()
+}
+
+/// How much slower, on average over `sizes`, the table in force is than the optimum on what
+/// the agent itself measured (its live profile): an agent that acts on what it learnt keeps
+/// this within its re-planning hysteresis (3 %), whatever this host's speed.
+fn excess_on_live(st: &serde_json::Value, sizes: &[usize]) -> f64 {
+    let curve = live_curve(st);
+    let topo = packrat::planner::topology::usable(None).unwrap();
+    let best = PlanTable::from_curve(&curve, &topo, 8).unwrap();
+    let table = plans(st);
+    let sum: f64 = sizes
+        .iter()
+        .map(|&b| {
+            let got = evaluate(&table[b - 1], &curve).unwrap();
+            got / best.for_batch(b).predicted_latency_ms.unwrap() - 1.0
+        })
+        .sum();
+    sum / sizes.len() as f64
+}
+
+/// The points of thread count `used` whose live estimate is back within 1.6× of the fresh
+/// profile (they were told 3×), each backed by more samples than the prior's weight.
+fn corrected(st: &serde_json::Value, fresh: &ProfileFile, used: usize) -> usize {
+    let Some(points) = st["models"][0]["adapt"]["points"].as_array() else {
+        return 0;
+    };
+    fresh
+        .points
+        .iter()
+        .filter(|p| p.threads == used)
+        .filter(|p| {
+            points.iter().any(|q| {
+                q["threads"] == p.threads
+                    && q["batch"] == p.batch
+                    && q["samples"].as_u64().unwrap_or(0) > 3
+                    && q["estimate_ms"]
+                        .as_f64()
+                        .is_some_and(|e| e < p.latency_ms * 1.6)
+            })
+        })
+        .count()
 }
 
 #[test]
@@ -60,7 +110,9 @@ fn a_wrong_profile_is_corrected_while_serving_without_a_restart() {
     let topo = packrat::planner::topology::usable(None).unwrap();
     let best = PlanTable::from_curve(&truth, &topo, 8).unwrap();
     // Make the thread count the optimum uses at b=4 look 3× slower than it is (keeping the
-    // profile's key: to the agent it is this host's valid cached profile).
+    // profile's key: to the agent it is this host's valid cached profile). Everything below
+    // holds by construction — a 3× error against the ±30 % this host drifts — not by how
+    // much faster one layout happens to be here.
     let used = best.for_batch(4).instances[0].threads;
     let mut wrong = fresh.clone();
     for p in &mut wrong.points {
@@ -70,15 +122,16 @@ fn a_wrong_profile_is_corrected_while_serving_without_a_restart() {
     }
     wrong.save(&agent.state().join("profiles/m.json")).unwrap();
     let wrong_table = PlanTable::from_curve(&wrong.curve().unwrap(), &topo, 8).unwrap();
-    let worst = sizes
-        .iter()
-        .map(|&b| excess(&wrong_table.plans, b, &truth, &best))
-        .fold(0.0, f64::max);
+    // At 3× the wrong profile steers every size away from that thread count.
     assert!(
-        worst > 0.05,
-        "precondition: the wrong profile's plans must be measurably worse here ({:.1} %)",
-        worst * 100.0
+        sizes.iter().all(|&b| wrong_table.plans[b - 1]
+            .instances
+            .iter()
+            .all(|i| i.threads != used)),
+        "precondition: {:?}",
+        wrong_table.plans
     );
+    let told = fresh.points.iter().filter(|p| p.threads == used).count();
 
     agent.spawn(&[]);
     let x = input("resnet18", 8);
@@ -86,19 +139,9 @@ fn a_wrong_profile_is_corrected_while_serving_without_a_restart() {
     let mut names = Vec::new();
     let mut converged_after = None;
     let t0 = Instant::now();
-    // Converged: re-planned, the table uses the thread count the wrong profile made it avoid
-    // (where the fresh optimum does), and predictions hold (the host drifts ±30 % between any
-    // two profiles here, so the fresh profile is a reference for shapes, not for times).
-    let uses = |table: &[Plan]| {
-        sizes.iter().any(|&b| {
-            best.for_batch(b)
-                .instances
-                .iter()
-                .any(|i| i.threads == used)
-                && table[b - 1].instances.iter().any(|i| i.threads == used)
-        })
-    };
-    assert!(!uses(&wrong_table.plans));
+    // Converged: the points made 3× slow are measured back (at least two of them), the table
+    // in force is the optimum on what was measured (within hysteresis and drift), and
+    // predictions hold.
     for i in 0..300 {
         let b = sizes[rng.below(sizes.len())];
         let name = agent.submit(
@@ -112,24 +155,25 @@ fn a_wrong_profile_is_corrected_while_serving_without_a_restart() {
         }
         // A steady stream with gaps: the agent measures what serving does not in them.
         std::thread::sleep(Duration::from_millis(30));
-        if i % 10 == 9 {
+        if i % 10 == 9 && i > 20 {
             let st = agent.status();
-            let m = &st["models"][0];
-            let replanned = m["adapt"]["replans"]
-                .as_object()
-                .is_some_and(|r| !r.is_empty());
-            let err = m["prediction_abs_error_pct"].as_f64();
-            if replanned && uses(&plans(&st)) && err.is_some_and(|e| e < 15.0) {
+            let err = st["models"][0]["prediction_abs_error_pct"].as_f64();
+            if corrected(&st, &fresh, used) >= 2.min(told)
+                && excess_on_live(&st, &sizes) < 0.08
+                && err.is_some_and(|e| e < 15.0)
+            {
                 converged_after = Some((i + 1, err, st));
                 break;
             }
         }
     }
     let (jobs, err, st) = converged_after.unwrap_or_else(|| {
+        let st = agent.status();
         panic!(
-            "did not converge in 300 jobs ({:.0} s): {}\n{}",
+            "did not converge in 300 jobs ({:.0} s): {} point(s) corrected, {:.1} % over the live optimum: {st}\n{}",
             t0.elapsed().as_secs_f64(),
-            agent.status(),
+            corrected(&st, &fresh, used),
+            excess_on_live(&st, &sizes) * 100.0,
             agent.log()
         )
     });
@@ -149,16 +193,15 @@ fn a_wrong_profile_is_corrected_while_serving_without_a_restart() {
         agent.files("failed")
     );
     assert_eq!(agent.files("out").len(), names.len());
-    assert!(agent.log().contains("re-planned ("), "{}", agent.log());
     assert!(
         agent.log().contains("re-plans from its live profile"),
         "the SIGHUP re-planned from the live profile: {}",
         agent.log()
     );
-    // What it learnt outlives the agent: the live profile corrected the points made 3× slow.
+    // What it learnt outlives the agent: the live file holds the corrected points.
     assert_eq!(agent.stop(Signal::SIGTERM), 0);
     let live = LiveProfile::load(&agent.state().join("profiles/m.live.json")).unwrap();
-    let mut corrected = 0;
+    let mut kept = 0;
     for p in fresh.points.iter().filter(|p| p.threads == used) {
         let Some(lp) = live
             .point(p.threads, p.batch)
@@ -175,12 +218,22 @@ fn a_wrong_profile_is_corrected_while_serving_without_a_restart() {
             p.latency_ms,
             p.latency_ms * 3.0
         );
-        corrected += 1;
+        kept += 1;
     }
-    assert!(corrected >= 2, "{corrected} points corrected");
+    assert!(kept >= 2.min(told), "{kept} points corrected");
+    // A restart plans from it, not from the wrong cached profile.
     agent.spawn(&[]);
     assert!(agent.log().contains("planning from the live profile"));
-    assert!(uses(&plans(&agent.status())));
+    let st = agent.status();
+    assert_eq!(
+        st["models"][0]["adapt"]["last_replan"]["reason"],
+        "restored"
+    );
+    assert!(
+        excess_on_live(&st, &sizes) < 0.08,
+        "{:.1} %",
+        excess_on_live(&st, &sizes) * 100.0
+    );
 }
 
 #[test]

@@ -91,3 +91,42 @@ fn plan_names_the_engine_and_precision_a_profile_was_measured_on() {
         "{text}"
     );
 }
+
+#[test]
+fn version_names_the_engines_and_this_cpu_with_its_features() {
+    let out = packrat(&["--version"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("libtorch") && text.contains("OpenVINO"),
+        "{text}"
+    );
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| {
+        cpuinfo
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cpu: "))
+        .unwrap_or_else(|| panic!("no cpu line: {text}"));
+    assert!(line.contains(&field("model name")), "{line}");
+    let flags = field("flags");
+    let flags: Vec<&str> = flags.split_whitespace().collect();
+    for f in ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8"] {
+        assert_eq!(line.contains(f), flags.contains(&f), "{f}: {line}");
+    }
+    let units = flags.contains(&"avx512_bf16") || flags.contains(&"amx_bf16");
+    assert!(
+        line.ends_with(if units {
+            "bf16 units: yes"
+        } else {
+            "bf16 units: no"
+        }),
+        "{line}"
+    );
+}

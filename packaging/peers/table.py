@@ -29,6 +29,26 @@ for path in glob.glob(f"{out}/raw/r*/*.json"):
         runs[(model, f"packrat-{engine} one instance")][row["batch"]].append(row["baseline_median_ms"])
         runs[(model, f"packrat-{engine} plan")][row["batch"]].append(row["planned_median_ms"])
 
+# Every figure belongs to a CPU: the one packrat bench recorded (else this machine's).
+cpus = set()
+for path in glob.glob(f"{out}/raw/r*/*.json"):
+    cpu = json.load(open(path)).get("cpu")
+    if cpu:
+        cpus.add((cpu["model"], cpu["vendor"], ",".join(cpu["features"]) or "none"))
+if not cpus:
+    flags, name = set(), "unknown"
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name") and name == "unknown":
+            name = line.split(":", 1)[1].strip()
+        if line.startswith("flags") and not flags:
+            flags = set(line.split(":", 1)[1].split())
+    feats = [f for f in ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8"] if f in flags]
+    cpus.add((name, "", ",".join(feats) or "none"))
+BF16_UNITS = all("avx512_bf16" in f or "amx_bf16" in f for _, _, f in cpus)
+for name, vendor, feats in sorted(cpus):
+    print(f"CPU: {name} {vendor} ({feats}); {os.cpu_count()} cores; "
+          + ("bf16 units present" if BF16_UNITS else "no bf16 units: the bf16 rows compute f32 here"))
+
 # GFLOP per item, for achieved throughput (ResNet-50 at 224², BERT-base at sequence 128).
 GFLOP = {"resnet50": 4.1, "bert_base": 22.3}
 F32_PEERS = ["pytorch", "onnxruntime", "onnxruntime-2x1", "openvino-latency-f32",
@@ -70,7 +90,9 @@ for model in sorted({m for m, _ in runs}):
     ov_peers = [p for p in DEFAULT_PEERS if p in systems]
     dflt = [s for s in systems if "bf16" in s] + ov_peers
     if dflt:
-        print(f"\n{model}, bf16 (OpenVINO's default precision on this CPU) — ms (GFLOP/s):\n")
+        where = ("this CPU has bf16 units" if BF16_UNITS
+                 else "this CPU has no bf16 units, so these run in f32: OpenVINO's default is f32 here and packrat serves a bf16 request as f32")
+        print(f"\n{model}, OpenVINO's default precision and packrat's bf16 request ({where}) — ms (GFLOP/s):\n")
         print("| B | " + " | ".join(dflt) + " | packrat plan / best OpenVINO config |")
         print("|---:|" + "---:|" * (len(dflt) + 1))
         bf16_plan = next((s for s in dflt if s.endswith("plan")), None)

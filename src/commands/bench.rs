@@ -99,8 +99,17 @@ pub fn run(args: &Args) -> Result<i32> {
     mc.max_batch = mc.max_batch.max(max_b);
     tch::set_num_interop_threads(1);
     let topo = cfg.topology()?;
+    // Every figure belongs to a CPU: print it first, and record it in the JSON.
+    let cpu = crate::planner::cpu::CpuInfo::detect();
+    println!("cpu: {}", cpu.summary());
     let resolved = resolve(&mc)?;
     let (model, precision) = (resolved.model, resolved.status);
+    if let Some(why) = &precision.reason {
+        println!(
+            "precision {} ({} requested): {why}",
+            precision.in_use, precision.requested
+        );
+    }
     if let Some(d) = precision.bf16_drift {
         println!(
             "precision {} ({} requested): bf16 drift against f32 on example inputs {:.3} % of the largest f32 output",
@@ -168,7 +177,7 @@ pub fn run(args: &Args) -> Result<i32> {
     std::fs::write(
         stem.with_extension("json"),
         serde_json::to_string_pretty(
-            &serde_json::json!({"model": mc.name, "engine": model.engine.name(), "precision": precision.in_use, "drift_vs_f32": precision.bf16_drift, "cores": n, "rounds": args.rounds, "rounds_used": rounds_used, "geomean_speedup": geo, "rows": rows}),
+            &serde_json::json!({"model": mc.name, "cpu": cpu, "engine": model.engine.name(), "precision": precision.in_use, "precision_requested": precision.requested, "drift_vs_f32": precision.bf16_drift, "cores": n, "rounds": args.rounds, "rounds_used": rounds_used, "geomean_speedup": geo, "rows": rows}),
         )?,
     )?;
     plot(&stem.with_extension("svg"), &mc.name, n, &rows)?;

@@ -36,7 +36,7 @@ pub mod exit {
 #[command(
     name = "packrat",
     version,
-    about = "Serve PyTorch models on CPU from a spool directory, with the instance/thread/batch split chosen per host"
+    about = "Serve TorchScript, ONNX and OpenVINO models on CPU from a spool directory, with the instance/thread/batch split chosen per host"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -91,13 +91,17 @@ fn init_logging() {
 
 pub fn main() -> i32 {
     init_logging();
-    // --version names the engines this binary runs, not only the crate.
+    // --version names the engines this binary runs, not only the crate, and the CPU it runs
+    // on: what it can compute fast decides precisions and plans.
+    let cpu = crate::planner::cpu::CpuInfo::detect();
     let version = format!(
-        "{} (libtorch {}, ONNX Runtime {}, OpenVINO {})",
+        "{} (libtorch {}, ONNX Runtime {}, OpenVINO {})\ncpu: {}; bf16 units: {}",
         env!("CARGO_PKG_VERSION"),
         crate::LIBTORCH_VERSION,
         crate::engine::ONNXRUNTIME_VERSION,
-        crate::engine::OPENVINO_VERSION
+        crate::engine::OPENVINO_VERSION,
+        cpu.summary(),
+        if cpu.native_bf16() { "yes" } else { "no" }
     );
     let matches = Cli::command()
         .version(&*Box::leak(version.into_boxed_str()))

@@ -7,9 +7,41 @@ use anyhow::Result;
 use crate::config::{defaults, Config};
 use crate::daemon::status::{AgentState, Status};
 
-/// A status older than this (it is rewritten every second) means the agent is gone.
-const STALE: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::planner::cores_str;
+
+/// A status older than this (it is rewritten every second) means the agent hangs.
+const STALE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why the agent that wrote `st` is not serving now (None: it is). The pid decides:
+/// `kill(pid, 0)` tells a dead process (ESRCH) from a live one, even one of another user
+/// (EPERM) whose /proc entry may be hidden; where /proc shows the pid, its start time tells
+/// the agent from a process that reused the pid. A live agent whose status is stale hangs.
+/// The file's age alone decides only where the pid cannot be asked.
+fn not_running(st: &Status, age: std::time::Duration) -> Option<String> {
+    use nix::errno::Errno;
+    if st.state != AgentState::Serving {
+        return Some(format!("it {}", st.state));
+    }
+    let pid = i32::try_from(st.pid).ok().map(nix::unistd::Pid::from_raw)?;
+    match nix::sys::signal::kill(pid, None) {
+        Err(Errno::ESRCH) => return Some(format!("pid {} is gone", st.pid)),
+        Ok(()) | Err(Errno::EPERM) => {
+            let now = crate::daemon::status::process_start_time(st.pid);
+            if let (Some(was), Some(now)) = (st.start_time, now) {
+                if was != now {
+                    return Some(format!("pid {} is another process now", st.pid));
+                }
+            }
+        }
+        Err(_) => {}
+    }
+    (age >= STALE).then(|| {
+        format!(
+            "its status is {:.0} s old: it hangs or died; see journalctl -u packrat",
+            age.as_secs_f64()
+        )
+    })
+}
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -30,27 +62,26 @@ pub fn run(args: &Args) -> Result<i32> {
             .unwrap_or_else(|_| PathBuf::from(defaults::STATE_DIR)),
     };
     let st = Status::read(&dir)?;
-    // A serving agent rewrites its status every second; one that stopped saying so is dead (or
-    // hung). The file's age, not its pid: /proc may hide the agent from other users.
     let age = std::fs::metadata(dir.join("status.json"))
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.elapsed().ok())
         .unwrap_or_default();
-    let alive = st.state == AgentState::Serving && age < STALE;
+    let dead = not_running(&st, age);
+    let alive = dead.is_none();
     let code = if alive { 0 } else { super::exit::NOT_RUNNING };
     if args.json {
         let mut v = serde_json::to_value(&st)?;
         v["alive"] = alive.into();
         v["status_age_s"] = age.as_secs_f64().into();
+        v["not_running"] = dead.clone().into();
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(code);
     }
-    if st.state == AgentState::Serving && !alive {
+    if let Some(why) = dead.filter(|_| st.state == AgentState::Serving) {
         println!(
-            "packrat pid {}: NOT RUNNING — its status is {:.0} s old (it was serving); it died or hangs: see journalctl -u packrat",
-            st.pid,
-            age.as_secs_f64()
+            "packrat pid {}: not running ({why}; last update {})",
+            st.pid, st.updated
         );
         return Ok(code);
     }
@@ -58,6 +89,18 @@ pub fn run(args: &Args) -> Result<i32> {
         "packrat pid {} — {} (updated {}, config {})",
         st.pid, st.state, st.updated, st.config
     );
+    if let Some(cpu) = &st.cpu {
+        println!(
+            "cpu {}: {}{}",
+            cpu.model,
+            cpu.features_str(),
+            if cpu.native_bf16() {
+                " (bf16 units)"
+            } else {
+                " (no bf16 units: bf16 serves as f32)"
+            }
+        );
+    }
     let ms = |x: Option<f64>| {
         x.map(|v| format!("{v:.1} ms"))
             .unwrap_or_else(|| "-".into())
@@ -96,6 +139,10 @@ pub fn run(args: &Args) -> Result<i32> {
             .bf16_drift
             .map(|d| format!("; bf16 drift from f32 {:.3} %", d * 100.0))
             .unwrap_or_default();
+        let speed = p
+            .bf16_speedup
+            .map(|x| format!("; bf16 {x:.2}× as fast as f32"))
+            .unwrap_or_default();
         let checked = if p.jobs_checked > 0 {
             format!(" ({} real jobs checked)", p.jobs_checked)
         } else {
@@ -106,7 +153,7 @@ pub fn run(args: &Args) -> Result<i32> {
             .map(|t| format!(", tolerance {:.2} %", t * 100.0))
             .unwrap_or_default();
         println!(
-            "  engine {}, precision {} ({} requested{tolerance}){drift}{checked}",
+            "  engine {}, precision {} ({} requested{tolerance}){drift}{speed}{checked}",
             m.engine, p.in_use, p.requested
         );
         if let Some(why) = &p.reason {
@@ -187,10 +234,11 @@ pub fn run(args: &Args) -> Result<i32> {
         }
         for i in &m.instances {
             println!(
-                "  instance tid {:>7}: {} threads on cores {} (libtorch sees {})",
+                "  instance tid {:>7}: {} threads on cores {} ({} reports {})",
                 i.tid,
                 i.threads,
                 cores_str(&i.cores),
+                m.engine,
                 i.observed_threads
             );
         }

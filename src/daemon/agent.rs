@@ -8,9 +8,10 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Result;
 
 use super::sdnotify::Notifier;
-use super::status::{AgentState, Status};
+use super::status::{process_start_time, AgentState, Status};
 use crate::config::{Config, ConfigError, ModelConfig, PlanChoice};
 use crate::engine::{EngineKind, Model};
+use crate::planner::cpu::CpuInfo;
 use crate::planner::profile::ProfileFile;
 use crate::planner::topology::Topology;
 use crate::planner::PlanTable;
@@ -36,6 +37,8 @@ pub struct Agent {
     pub notifier: Notifier,
     pub models: Vec<Arc<ModelRuntime>>,
     dispatchers: Vec<JoinHandle<()>>,
+    /// This process's start time, written beside the pid (see [`Status::start_time`]).
+    start_time: Option<u64>,
 }
 
 impl Agent {
@@ -48,7 +51,12 @@ impl Agent {
             fix: "list only cores this process may use (see `taskset -p $$`), or leave cores out"
                 .into(),
         })?;
-        log::info!("using {} cores: {:?}", topo.len(), topo.ordered());
+        log::info!(
+            "using {} cores: {:?} of {}",
+            topo.len(),
+            topo.ordered(),
+            CpuInfo::detect().summary()
+        );
         let mut models = Vec::new();
         for (i, mc) in config.models.iter().enumerate() {
             notifier.status(&format!("loading model {}", mc.name));
@@ -120,6 +128,7 @@ impl Agent {
             notifier,
             models,
             dispatchers,
+            start_time: process_start_time(std::process::id()),
         })
     }
 
@@ -281,11 +290,14 @@ impl Agent {
     }
 
     pub fn write_status(&self, state: AgentState) {
+        let pid = std::process::id();
         let status = Status {
-            pid: std::process::id(),
+            pid,
+            start_time: self.start_time,
             state,
             updated: crate::spool::time::rfc3339(SystemTime::now()),
             config: self.config.path.display().to_string(),
+            cpu: Some(CpuInfo::detect().clone()),
             models: self.models.iter().map(|m| m.status()).collect(),
         };
         if let Err(e) = status.write(&self.config.state_dir) {

@@ -6,9 +6,17 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::planner::cpu::{CpuInfo, FEATURES};
 use crate::runtime::adapt::REASONS;
 use crate::runtime::stats::Histogram;
 use crate::runtime::ModelStatus;
+
+/// A Prometheus label value, escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
 
 /// A per-model gauge's value, if it has one now.
 type Gauge = fn(&ModelStatus) -> Option<f64>;
@@ -33,10 +41,25 @@ impl std::fmt::Display for AgentState {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub pid: u32,
+    /// The agent process's start time (`/proc/<pid>/stat` field 22, clock ticks since boot):
+    /// with the pid it names one process, so a reused pid is not taken for the agent.
+    #[serde(default)]
+    pub start_time: Option<u64>,
     pub state: AgentState,
     pub updated: String,
     pub config: String,
+    /// The CPU the agent runs on and what it can compute fast.
+    #[serde(default)]
+    pub cpu: Option<CpuInfo>,
     pub models: Vec<ModelStatus>,
+}
+
+/// A process's start time as `/proc/<pid>/stat` gives it (None where /proc hides it).
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from its end.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 impl Status {
@@ -87,6 +110,23 @@ impl Status {
                 crate::engine::OPENVINO_VERSION
             )],
         );
+        if let Some(cpu) = &self.cpu {
+            let flags: Vec<String> = FEATURES
+                .iter()
+                .map(|f| format!("{f}=\"{}\"", u8::from(cpu.has(f))))
+                .collect();
+            family(
+                "packrat_cpu_info",
+                "gauge",
+                "The CPU the agent runs on and the instruction sets that matter for inference (1 = present; always 1).",
+                vec![format!(
+                    "packrat_cpu_info{{model=\"{}\",vendor=\"{}\",{}}} 1",
+                    label(&cpu.model),
+                    label(&cpu.vendor),
+                    flags.join(",")
+                )],
+            );
+        }
         let per_model = |f: &dyn Fn(&ModelStatus, &str) -> Vec<String>| -> Vec<String> {
             self.models
                 .iter()

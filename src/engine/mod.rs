@@ -33,6 +33,9 @@ pub type Outputs = Vec<(String, Tensor)>;
 
 /// What runs a model: it opens a session for each instance thread.
 pub trait Backend: Send + Sync {
+    /// What the engine actually computes in, and why when that is not what the model was
+    /// loaded for; None: exactly what it was asked for.
+    fn computes_in(&self) -> (Precision, Option<String>);
     /// Called inside an instance thread that was just pinned to `spec.cores`: sets up that
     /// thread's session with `spec.threads` intra-op threads.
     fn open(&self, spec: &InstanceSpec) -> Result<Box<dyn Session>>;

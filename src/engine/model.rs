@@ -1,5 +1,6 @@
-//! A loaded model: its [`Backend`] (libtorch or ONNX Runtime), the inputs a job must match,
-//! and how job tensors are matched to them.
+//! A loaded model: its [`Backend`] (libtorch, ONNX Runtime or OpenVINO) with the precision
+//! that engine actually computes in, the inputs a job must match, and how job tensors are
+//! matched to them.
 
 use std::path::PathBuf;
 
@@ -70,7 +71,10 @@ pub struct Model {
     pub name: String,
     pub inputs: Vec<InputSpec>,
     pub engine: EngineKind,
+    /// What the engine computes in (it may differ from what was asked: see `precision_note`).
     pub precision: Precision,
+    /// Why the engine computes in another precision than the model was loaded for.
+    pub precision_note: Option<String>,
     backend: Box<dyn Backend>,
 }
 
@@ -143,11 +147,13 @@ impl Model {
                 options.static_shapes,
             )?),
         };
+        let (precision, precision_note) = backend.computes_in();
         Ok(Model {
             name: name.to_string(),
             inputs,
             engine: source.engine(),
             precision,
+            precision_note,
             backend,
         })
     }
@@ -266,7 +272,7 @@ impl Model {
 mod tests {
     use super::*;
 
-    use crate::engine::torch::flatten_output;
+    use crate::engine::torch_opt::flatten_output;
     use tch::IValue;
 
     fn builtin(b: Builtin) -> Model {

@@ -19,7 +19,7 @@ use ort::session::Session as OrtSession;
 use ort::value::{DynTensor, TensorElementType, ValueType};
 use tch::{Kind, Tensor};
 
-use super::{first_line, Backend, InputSpec, InstanceSpec, Outputs, Session};
+use super::{first_line, Backend, InputSpec, InstanceSpec, Outputs, Precision, Session};
 
 /// The ONNX Runtime version `packaging/setup-onnxruntime.sh` installs.
 pub const ONNXRUNTIME_VERSION: &str = "1.32.0";
@@ -179,6 +179,10 @@ fn affinities(cores: &[usize]) -> String {
 }
 
 impl Backend for Onnx {
+    fn computes_in(&self) -> (Precision, Option<String>) {
+        (Precision::F32, None)
+    }
+
     fn open(&self, spec: &InstanceSpec) -> Result<Box<dyn Session>> {
         let t = spec.threads.max(1);
         if t > 1 && spec.cores.len() == t {

@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use openvino::{Core, DeviceType, ElementType, InferRequest, PartialShape, RwPropertyKey, Shape};
+use openvino::{
+    Core, DeviceType, ElementType, InferRequest, PartialShape, PropertyKey, RwPropertyKey, Shape,
+};
 use tch::{Kind, Tensor};
 
 use super::{Backend, InputSpec, InstanceSpec, Outputs, Precision, Session, Specialized};
@@ -95,6 +97,8 @@ fn ov<T>(r: std::result::Result<T, openvino::InferenceError>) -> Result<T> {
 
 pub(super) struct OpenVino {
     compiler: Arc<Compiler>,
+    /// Why the model computes in another precision than it asked for.
+    downgraded: Option<String>,
 }
 
 /// What every compile needs: the model's files and precision, and the core.
@@ -161,27 +165,41 @@ impl OpenVino {
                 );
             }
         }
+        let mut compiler = Compiler {
+            model: path.to_path_buf(),
+            weights,
+            precision,
+            static_shapes,
+            core: Mutex::new(core),
+        };
+        // Asked for bf16: ask the compiled model what it computes in, and compile every
+        // instance in that (the status must never claim bf16 where the CPU computes f32).
+        let mut downgraded = None;
+        if precision == Precision::Bf16 {
+            let (computed, caps) = compiler.computed_precision()?;
+            if computed != Precision::Bf16 {
+                compiler.precision = computed;
+                downgraded = Some(format!(
+                    "OpenVINO compiles this model in {} on this CPU (its optimisation capabilities: {caps})",
+                    computed.name()
+                ));
+            }
+        }
         Ok(OpenVino {
-            compiler: Arc::new(Compiler {
-                model: path.to_path_buf(),
-                weights,
-                precision,
-                static_shapes,
-                core: Mutex::new(core),
-            }),
+            compiler: Arc::new(compiler),
+            downgraded,
         })
     }
 }
 
 impl Compiler {
-    /// Compiles the model for `threads` intra-op threads and returns an infer request on it:
-    /// as the file has it (a dynamic batch), or with the static input `shapes` of one batch.
-    /// Also returns the output names.
-    fn compile(
+    /// Compiles the model for `threads` intra-op threads: as the file has it (a dynamic
+    /// batch), or with the static input `shapes` of one batch.
+    fn compile_model(
         &self,
         threads: usize,
         shapes: Option<&[Vec<i64>]>,
-    ) -> Result<(InferRequest, Vec<String>)> {
+    ) -> Result<openvino::CompiledModel> {
         let mut core = self.core.lock().unwrap_or_else(|p| p.into_inner());
         let cpu = DeviceType::CPU;
         let threads = threads.max(1).to_string();
@@ -213,17 +231,51 @@ impl Compiler {
             ov(model.reshape_by_port_indexes(&ports))
                 .with_context(|| format!("OpenVINO cannot reshape the model to {dims:?}"))?;
         }
-        let mut compiled = ov(core.compile_model(&model, cpu))
-            .with_context(|| format!("OpenVINO cannot compile {}", self.model.display()))?;
+        ov(core.compile_model(&model, cpu))
+            .with_context(|| format!("OpenVINO cannot compile {}", self.model.display()))
+    }
+
+    /// [`Compiler::compile_model`], and an infer request on it with the output names.
+    fn compile(
+        &self,
+        threads: usize,
+        shapes: Option<&[Vec<i64>]>,
+    ) -> Result<(InferRequest, Vec<String>)> {
+        let mut compiled = self.compile_model(threads, shapes)?;
         let mut outputs = Vec::new();
         for i in 0..ov(compiled.get_output_size())? {
             outputs.push(ov(ov(compiled.get_output_by_index(i))?.get_name())?);
         }
         Ok((ov(compiled.create_infer_request())?, outputs))
     }
+
+    /// What a compiled model computes in: its own `INFERENCE_PRECISION_HINT`, which is the
+    /// truth (DESIGN §12: a bf16 hint on a CPU without bf16 compiles without error and
+    /// computes f32). With the CPU device's optimisation capabilities, for the reason.
+    fn computed_precision(&self) -> Result<(Precision, String)> {
+        let compiled = self.compile_model(1, None)?;
+        let hint =
+            ov(compiled.get_property(&PropertyKey::Rw(RwPropertyKey::HintInferencePrecision)))?
+                .to_lowercase();
+        let caps = {
+            let core = self.core.lock().unwrap_or_else(|p| p.into_inner());
+            ov(core.get_property(&DeviceType::CPU, &PropertyKey::DeviceCapabilities))
+                .unwrap_or_else(|_| "unknown".into())
+        };
+        let precision = if hint.contains("bf16") {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        };
+        Ok((precision, caps))
+    }
 }
 
 impl Backend for OpenVino {
+    fn computes_in(&self) -> (Precision, Option<String>) {
+        (self.compiler.precision, self.downgraded.clone())
+    }
+
     fn open(&self, spec: &InstanceSpec) -> Result<Box<dyn Session>> {
         let threads = spec.threads.max(1);
         let (dynamic, outputs) = self.compiler.compile(threads, None)?;

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use tch::{CModule, IValue, Kind, Tensor};
+use tch::{CModule, Kind, Tensor};
 
-use super::torch_opt::OptimizedModule;
+use super::torch_opt::{examples, optimize, plain_forward, OptimizedModule};
 use super::{Backend, InputSpec, InstanceSpec, Outputs, Precision, Session};
 
 /// The module as it serves.
@@ -21,15 +21,7 @@ impl Module {
     fn forward(&self, inputs: &[Tensor]) -> Result<Outputs> {
         match self {
             Module::Optimized(m) => m.forward(inputs),
-            Module::Plain(m) => {
-                let args: Vec<IValue> = inputs
-                    .iter()
-                    .map(|t| IValue::Tensor(t.shallow_clone()))
-                    .collect();
-                let out = tch::no_grad(|| m.forward_is(&args))
-                    .context("the model's forward pass failed")?;
-                flatten_output(out)
-            }
+            Module::Plain(m) => plain_forward(m, inputs).context("the model's forward pass failed"),
         }
     }
 }
@@ -56,10 +48,10 @@ impl Torch {
         if precision == Precision::Bf16 {
             module.to(tch::Device::Cpu, Kind::BFloat16, false);
             // A traced file keeps its weights as graph constants, which `to` cannot convert.
-            let xs = super::torch_opt::examples(inputs, floats);
-            super::torch_opt::plain_forward(&module, &xs).context("this TorchScript module cannot run in bf16 (its weights are graph constants, e.g. from torch.jit.trace): export it scripted, or use precision = \"f32\"")?;
+            let xs = examples(inputs, floats);
+            plain_forward(&module, &xs).context("this TorchScript module cannot run in bf16 (its weights are graph constants, e.g. from torch.jit.trace): export it scripted, or use precision = \"f32\"")?;
         }
-        let module = match super::torch_opt::optimize(&module, inputs, floats) {
+        let module = match optimize(&module, inputs, floats) {
             Ok(o) => {
                 log::info!(
                     "model {name}: frozen and optimised for inference ({:.2} ms -> {:.2} ms at batch 2)",
@@ -81,6 +73,10 @@ impl Torch {
 }
 
 impl Backend for Torch {
+    fn computes_in(&self) -> (Precision, Option<String>) {
+        (self.precision, None)
+    }
+
     fn open(&self, spec: &InstanceSpec) -> Result<Box<dyn Session>> {
         // The trap (DESIGN §2): a thread's first op adopts "the last value any thread set";
         // reading the count first pins this thread's own, then it is set once (it also clears
@@ -123,32 +119,4 @@ impl Session for TorchSession {
     fn observed_threads(&self) -> i32 {
         tch::get_num_threads()
     }
-}
-
-/// Names a TorchScript result: `output` for a single tensor, `output_0..` for a tuple or list,
-/// the keys for a dict.
-pub(super) fn flatten_output(v: IValue) -> Result<Outputs> {
-    use anyhow::bail;
-    let list = match v {
-        IValue::Tensor(t) => return Ok(vec![("output".into(), t)]),
-        IValue::Tuple(items) | IValue::GenericList(items) => items,
-        IValue::TensorList(ts) => ts.into_iter().map(IValue::Tensor).collect(),
-        IValue::GenericDict(kv) => {
-            return kv
-                .into_iter()
-                .map(|(k, v)| match (k, v) {
-                    (IValue::String(k), IValue::Tensor(t)) => Ok((k, t)),
-                    _ => bail!("the model returned a dict that is not str -> Tensor"),
-                })
-                .collect()
-        }
-        other => bail!("the model returned {other:?}; packrat serves models that return tensors"),
-    };
-    list.into_iter()
-        .enumerate()
-        .map(|(i, v)| match v {
-            IValue::Tensor(t) => Ok((format!("output_{i}"), t)),
-            _ => bail!("output {i} of the model is not a tensor"),
-        })
-        .collect()
 }

@@ -6,6 +6,9 @@
 //! the plain module serves and the journal says why. The choice never depends on timing, so
 //! every load of a model serves the same module (and the same outputs, bit for bit); the two
 //! are timed for the journal only.
+//!
+//! It also holds what both it and the libtorch backend (`torch.rs`, above it) need of a
+//! TorchScript module: a plain forward pass, the naming of its outputs, example inputs.
 
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::os::unix::ffi::OsStrExt;
@@ -126,7 +129,34 @@ pub(super) fn plain_forward(m: &CModule, xs: &[Tensor]) -> Result<Outputs> {
         .iter()
         .map(|t| IValue::Tensor(t.shallow_clone()))
         .collect();
-    super::torch::flatten_output(tch::no_grad(|| m.forward_is(&args))?)
+    flatten_output(tch::no_grad(|| m.forward_is(&args))?)
+}
+
+/// Names a TorchScript result: `output` for a single tensor, `output_0..` for a tuple or list,
+/// the keys for a dict.
+pub(super) fn flatten_output(v: IValue) -> Result<Outputs> {
+    let list = match v {
+        IValue::Tensor(t) => return Ok(vec![("output".into(), t)]),
+        IValue::Tuple(items) | IValue::GenericList(items) => items,
+        IValue::TensorList(ts) => ts.into_iter().map(IValue::Tensor).collect(),
+        IValue::GenericDict(kv) => {
+            return kv
+                .into_iter()
+                .map(|(k, v)| match (k, v) {
+                    (IValue::String(k), IValue::Tensor(t)) => Ok((k, t)),
+                    _ => bail!("the model returned a dict that is not str -> Tensor"),
+                })
+                .collect()
+        }
+        other => bail!("the model returned {other:?}; packrat serves models that return tensors"),
+    };
+    list.into_iter()
+        .enumerate()
+        .map(|(i, v)| match v {
+            IValue::Tensor(t) => Ok((format!("output_{i}"), t)),
+            _ => bail!("output {i} of the model is not a tensor"),
+        })
+        .collect()
 }
 
 /// Example inputs that exercise the model: a fixed pattern of floats in [−0.5, 0.5] (not

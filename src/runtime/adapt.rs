@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{defaults, Adapt};
-use crate::planner::live::{LiveCounts, LiveProfile, SampleKind, PRIOR_WEIGHT};
+use crate::planner::live::{LiveCounts, LiveProfile, PointReport, SampleKind, PRIOR_WEIGHT};
 use crate::planner::menu::{self, MenuReport};
 use crate::planner::profile::{Curve, ProfileFile};
 use crate::planner::topology::Topology;
@@ -107,6 +107,9 @@ pub struct AdaptStatus {
     pub points_pending: usize,
     /// Points too slow to measure within the bound: they are learnt from serving only.
     pub points_too_slow: usize,
+    /// Every point of the live profile with its sample count, age and spread.
+    #[serde(default)]
+    pub points: Vec<PointReport>,
 }
 
 /// What the adapter proposes after a solve.
@@ -456,6 +459,7 @@ impl Adapter {
             probe_bound_ms: bound,
             points_pending: fits.len() + too_slow,
             points_too_slow: too_slow,
+            points: self.live.reports(unix_now()),
         }
     }
 }

@@ -1,34 +1,48 @@
-//! Which precision a model serves in, and why. `f32` and `bf16` are what the config says (bf16's
-//! drift against an f32 twin is measured at load, for the status). `auto` serves bf16 only while
-//! its drift stays within the model's `bf16_tolerance`: first on example inputs at load, then on
-//! a bounded sample of real jobs, checked when nothing waits; past the tolerance the model
-//! switches to f32 for good and the journal says why.
+//! Which precision a model serves in, and why — always what the engine actually computes in,
+//! never merely what was asked. `f32` is f32. `bf16` serves bf16 where the CPU has bf16 units
+//! and the engine confirms it computes bf16 (OpenVINO's compiled model says; libtorch without
+//! the units only emulates bf16, slowly); elsewhere it serves f32 and the journal says why,
+//! once, naming the CPU. `auto` serves bf16 only where it is both within the model's
+//! `bf16_tolerance` (on example inputs at load, then on a bounded sample of real jobs, checked
+//! when nothing waits) and measurably faster (`bf16_min_speedup`, interleaved pairs at load);
+//! past the tolerance the model switches to f32 for good and the journal says why.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::config::{ModelConfig, PrecisionChoice};
-use crate::engine::{relative_difference, Model, Outputs, Precision};
+use crate::engine::{relative_difference, EngineKind, InstanceSpec, Model, Outputs, Precision};
+use crate::planner::cpu::CpuInfo;
+use crate::planner::stats::median;
 
 /// Real jobs an `auto` model checks against f32 at most.
 pub const JOB_CHECKS: u32 = 8;
 
+/// Interleaved f32/bf16 pairs timed at load for `auto` (fewer when they take over
+/// [`SPEED_BUDGET_S`], but never fewer than 3).
+const SPEED_PAIRS: usize = 5;
+const SPEED_BUDGET_S: f64 = 5.0;
+
 /// What `packrat status` and the metrics say about a model's precision.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PrecisionStatus {
-    /// `f32` or `bf16`: what serves now.
+    /// `f32` or `bf16`: what the engine computes in now.
     pub in_use: String,
     /// `f32`, `bf16` or `auto`: what the config asked for.
     pub requested: String,
     /// Largest drift of bf16 from f32 seen so far (max |Δ| over max |f32 output|).
     pub bf16_drift: Option<f64>,
     pub tolerance: Option<f64>,
+    /// For `auto`: f32 time over bf16 time on example inputs (median of interleaved pairs).
+    #[serde(default)]
+    pub bf16_speedup: Option<f64>,
     /// Real jobs checked against f32 (auto).
     pub jobs_checked: u32,
-    /// Why it serves what it serves, when that was decided by measuring.
+    /// Why it serves what it serves, when that was decided by measuring or by the CPU.
     pub reason: Option<String>,
 }
 
@@ -40,80 +54,155 @@ pub struct Resolved {
 }
 
 /// Drift of `bf16` from `f32` on example inputs of 4 items.
-fn example_drift(f32: &Model, bf16: &Model) -> Result<f64> {
-    let xs = f32.example_inputs(4);
-    relative_difference(&f32.forward(&xs)?, &bf16.forward(&xs)?)
+fn example_drift(f32: &Model, bf16: &Model, xs: &[Tensor]) -> Result<f64> {
+    relative_difference(&f32.forward(xs)?, &bf16.forward(xs)?)
 }
 
-/// Loads the model in the precision its config asks for (deciding `auto` by measuring).
+/// f32 time over bf16 time on `xs`: the median over pairs run back to back on this thread,
+/// alternating which goes first, after a warm-up run of each (the host's speed drifts by tens
+/// of percent within seconds, so only pairs compare).
+fn paired_speedup(f32: &Model, bf16: &Model, xs: &[Tensor]) -> Result<(f64, usize)> {
+    let spec = InstanceSpec {
+        threads: 1,
+        cores: Vec::new(),
+    };
+    let (mut a, mut b) = (f32.open(&spec)?, bf16.open(&spec)?);
+    a.run(xs)?;
+    b.run(xs)?;
+    let time = |s: &mut Box<dyn crate::engine::Session>| -> Result<f64> {
+        let t0 = Instant::now();
+        s.run(xs)?;
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    let t0 = Instant::now();
+    let mut ratios = Vec::new();
+    while ratios.len() < SPEED_PAIRS
+        && (ratios.len() < 3 || t0.elapsed().as_secs_f64() < SPEED_BUDGET_S)
+    {
+        let (fa, fb) = if ratios.len() % 2 == 0 {
+            let fa = time(&mut a)?;
+            (fa, time(&mut b)?)
+        } else {
+            let fb = time(&mut b)?;
+            (time(&mut a)?, fb)
+        };
+        ratios.push(fa / fb.max(1e-9));
+    }
+    Ok((median(&ratios).unwrap_or(f64::NAN), ratios.len()))
+}
+
+/// Loads the model in the precision its config asks for and this CPU computes (deciding
+/// `auto` by measuring).
 pub fn resolve(cfg: &ModelConfig) -> Result<Resolved> {
+    resolve_on(cfg, CpuInfo::detect())
+}
+
+fn resolve_on(cfg: &ModelConfig, cpu: &CpuInfo) -> Result<Resolved> {
     let engine = cfg.source.engine();
-    let status = |in_use: Precision, drift, reason| PrecisionStatus {
+    let auto = matches!(cfg.precision, PrecisionChoice::Auto);
+    let status = |in_use: Precision, drift, speedup, reason| PrecisionStatus {
         in_use: in_use.name().into(),
         requested: cfg.precision.name().into(),
         bf16_drift: drift,
-        tolerance: matches!(cfg.precision, PrecisionChoice::Auto).then_some(cfg.bf16_tolerance),
+        tolerance: auto.then_some(cfg.bf16_tolerance),
+        bf16_speedup: speedup,
         jobs_checked: 0,
         reason,
     };
+    let serve = |model: Model, drift, speedup, reason| Resolved {
+        status: status(model.precision, drift, speedup, reason),
+        model: Arc::new(model),
+        twin: None,
+    };
+    let pct = |x: f64| x * 100.0;
+    // libtorch runs bf16 without bf16 units only by emulation, slower than f32: the CPU's
+    // flags decide. OpenVINO is asked instead (its compiled model says what it computes).
+    let no_units = if engine == EngineKind::Libtorch {
+        cpu.no_bf16_reason()
+    } else {
+        None
+    };
     match cfg.precision {
-        PrecisionChoice::F32 => Ok(Resolved {
-            model: Arc::new(cfg.load(Precision::F32)?),
-            twin: None,
-            status: status(Precision::F32, None, None),
-        }),
+        PrecisionChoice::F32 => Ok(serve(cfg.load(Precision::F32)?, None, None, None)),
+        PrecisionChoice::Auto if !engine.has_bf16() => Ok(serve(
+            cfg.load(Precision::F32)?,
+            None,
+            None,
+            Some(format!("{} has no bf16 path", engine.name())),
+        )),
+        PrecisionChoice::Bf16 | PrecisionChoice::Auto if no_units.is_some() => {
+            let why = no_units.unwrap_or_default();
+            if auto {
+                log::info!("model {}: precision auto: f32 ({why})", cfg.name);
+            } else {
+                log::warn!(
+                    "model {}: precision bf16 requested, serving f32: {why}",
+                    cfg.name
+                );
+            }
+            Ok(serve(cfg.load(Precision::F32)?, None, None, Some(why)))
+        }
         PrecisionChoice::Bf16 => {
             let bf16 = cfg.load(Precision::Bf16)?;
-            let drift = example_drift(&cfg.load(Precision::F32)?, &bf16)?;
-            Ok(Resolved {
-                model: Arc::new(bf16),
-                twin: None,
-                status: status(Precision::Bf16, Some(drift), None),
-            })
-        }
-        PrecisionChoice::Auto if !engine.has_bf16() => Ok(Resolved {
-            model: Arc::new(cfg.load(Precision::F32)?),
-            twin: None,
-            status: status(
-                Precision::F32,
-                None,
-                Some(format!("{} has no bf16 path", engine.name())),
-            ),
-        }),
-        PrecisionChoice::Auto => {
-            let f32 = Arc::new(cfg.load(Precision::F32)?);
-            let bf16 = cfg.load(Precision::Bf16)?;
-            let drift = example_drift(&f32, &bf16)?;
-            let pct = |x: f64| x * 100.0;
-            if drift <= cfg.bf16_tolerance {
-                log::info!(
-                    "model {}: precision auto: bf16 (drift {:.3} % on example inputs, within {:.2} %)",
-                    cfg.name,
-                    pct(drift),
-                    pct(cfg.bf16_tolerance)
+            if let Some(note) = bf16.precision_note.clone() {
+                let why = format!("{note}; CPU {}", cpu.summary());
+                log::warn!(
+                    "model {}: precision bf16 requested, serving f32: {why}",
+                    cfg.name
                 );
-                Ok(Resolved {
-                    model: Arc::new(bf16),
-                    twin: Some(f32),
-                    status: status(
-                        Precision::Bf16,
-                        Some(drift),
-                        Some("drift within tolerance on example inputs".into()),
-                    ),
-                })
-            } else {
+                return Ok(serve(bf16, None, None, Some(why)));
+            }
+            let f32 = cfg.load(Precision::F32)?;
+            let drift = example_drift(&f32, &bf16, &f32.example_inputs(4))?;
+            Ok(serve(bf16, Some(drift), None, None))
+        }
+        PrecisionChoice::Auto => {
+            let bf16 = cfg.load(Precision::Bf16)?;
+            if let Some(note) = bf16.precision_note.clone() {
+                // The engine computes f32 anyway: that model is the f32 one.
+                let why = format!("{note}; CPU {}", cpu.summary());
+                log::info!("model {}: precision auto: f32 ({why})", cfg.name);
+                return Ok(serve(bf16, None, None, Some(why)));
+            }
+            let f32 = cfg.load(Precision::F32)?;
+            let xs = f32.example_inputs(4);
+            let drift = example_drift(&f32, &bf16, &xs)?;
+            if drift > cfg.bf16_tolerance {
                 let why = format!(
                     "bf16 drifted {:.3} % from f32 on example inputs, over bf16_tolerance {:.2} %",
                     pct(drift),
                     pct(cfg.bf16_tolerance)
                 );
                 log::warn!("model {}: precision auto: f32 ({why})", cfg.name);
-                Ok(Resolved {
-                    model: f32,
-                    twin: None,
-                    status: status(Precision::F32, Some(drift), Some(why)),
-                })
+                return Ok(serve(f32, Some(drift), None, Some(why)));
             }
+            let (speedup, pairs) = paired_speedup(&f32, &bf16, &xs)?;
+            if speedup.is_nan() || speedup < cfg.bf16_min_speedup {
+                let why = format!(
+                    "bf16 ran {speedup:.2}× as fast as f32 on example inputs (median of {pairs} interleaved pairs), under bf16_min_speedup {:.2}",
+                    cfg.bf16_min_speedup
+                );
+                log::info!("model {}: precision auto: f32 ({why})", cfg.name);
+                return Ok(serve(f32, Some(drift), Some(speedup), Some(why)));
+            }
+            log::info!(
+                "model {}: precision auto: bf16 (drift {:.3} % on example inputs, within {:.2} %; {speedup:.2}× as fast as f32)",
+                cfg.name,
+                pct(drift),
+                pct(cfg.bf16_tolerance)
+            );
+            Ok(Resolved {
+                model: Arc::new(bf16),
+                twin: Some(Arc::new(f32)),
+                status: status(
+                    Precision::Bf16,
+                    Some(drift),
+                    Some(speedup),
+                    Some(format!(
+                        "drift within tolerance on example inputs, {speedup:.2}× as fast as f32"
+                    )),
+                ),
+            })
         }
     }
 }

@@ -393,3 +393,23 @@ impl Rng {
         (self.next() % n.max(1) as u64) as usize
     }
 }
+
+/// This host's first-processor flags, read straight from /proc/cpuinfo (the tests' own
+/// oracle, independent of the agent's reading of it).
+pub fn cpu_flags() -> Vec<String> {
+    fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// Whether this CPU has bf16 arithmetic units (AVX-512 BF16 or AMX-BF16). Tests that touch
+/// bf16 assert the behaviour right for the CPU they run on, both ways.
+pub fn host_has_bf16_units() -> bool {
+    cpu_flags()
+        .iter()
+        .any(|f| f == "avx512_bf16" || f == "amx_bf16")
+}

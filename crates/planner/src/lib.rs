@@ -8,9 +8,11 @@
 //! - [`menu`]: the table restricted to a bounded menu of layouts the agent keeps warm;
 //! - [`live`]: the live profile, kept true from serving and idle-gap measurements;
 //! - [`topology`]: usable cores, NUMA nodes, SMT siblings, and core assignment;
+//! - [`cpu`]: the CPU's model and the instruction sets that matter for inference (bf16, AMX);
 //! - [`stats`]: the median and percentile estimators the profiler and the agent share;
 //! - this file: [`Plan`] and [`PlanTable`], what the agent runs.
 
+pub mod cpu;
 pub mod dp;
 pub mod live;
 pub mod menu;

@@ -95,6 +95,44 @@ impl LivePoint {
     }
 }
 
+/// One live point as status shows it: its estimate with how much it is worth — how many
+/// samples back it, how old the newest is, how widely they spread.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PointReport {
+    pub threads: usize,
+    pub batch: usize,
+    pub estimate_ms: Option<f64>,
+    pub prior_ms: Option<f64>,
+    /// Samples measured on this host while serving (0: the estimate is the prior).
+    pub samples: usize,
+    /// Seconds since the newest sample.
+    pub age_s: Option<f64>,
+    /// (max − min) / median of the samples in the window, in % (None below 2 samples).
+    pub spread_pct: Option<f64>,
+}
+
+impl LivePoint {
+    pub fn report(&self, now: f64) -> PointReport {
+        let v: Vec<f64> = self.samples.iter().map(|s| s.ms).collect();
+        let spread_pct = (v.len() >= 2).then(|| {
+            let (lo, hi) = v.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &x| {
+                (lo.min(x), hi.max(x))
+            });
+            let mid = median(&v).unwrap_or(hi).max(1e-9);
+            (hi - lo) / mid * 100.0
+        });
+        PointReport {
+            threads: self.threads,
+            batch: self.batch,
+            estimate_ms: self.estimate(),
+            prior_ms: self.prior_ms,
+            samples: v.len(),
+            age_s: self.last_measured().map(|t| (now - t).max(0.0)),
+            spread_pct,
+        }
+    }
+}
+
 /// Counts for status: how much of the profile serving has measured.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct LiveCounts {
@@ -146,6 +184,11 @@ impl LiveProfile {
     fn find(&self, t: usize, b: usize) -> Result<usize, usize> {
         self.points
             .binary_search_by_key(&(t, b), |p| (p.threads, p.batch))
+    }
+
+    /// Every point with its uncertainty, for status.
+    pub fn reports(&self, now: f64) -> Vec<PointReport> {
+        self.points.iter().map(|p| p.report(now)).collect()
     }
 
     pub fn point(&self, t: usize, b: usize) -> Option<&LivePoint> {
@@ -369,6 +412,21 @@ mod tests {
             m += 1;
             assert!(m <= WINDOW / 2 + 1, "took {m} samples");
         }
+    }
+
+    #[test]
+    fn a_point_reports_its_samples_age_and_spread() {
+        let mut l = base();
+        let r = l.point(1, 2).unwrap().report(50.0);
+        assert_eq!((r.samples, r.age_s, r.spread_pct), (0, None, None));
+        assert_eq!((r.estimate_ms, r.prior_ms), (Some(19.0), Some(19.0)));
+        l.record(1, 2, 20.0, SampleKind::Passive, 10.0);
+        l.record(1, 2, 30.0, SampleKind::Active, 40.0);
+        let r = l.point(1, 2).unwrap().report(50.0);
+        assert_eq!((r.samples, r.age_s), (2, Some(10.0)));
+        // (30 − 20) / median 25 = 40 %.
+        assert!((r.spread_pct.unwrap() - 40.0).abs() < 1e-9, "{r:?}");
+        assert_eq!(l.reports(50.0).len(), 4);
     }
 
     #[test]

@@ -52,6 +52,12 @@ pub struct ProfileKey {
     pub model_hash: String,
     pub input: String,
     pub cpu_model: String,
+    /// Vendor, family/model and the inference-relevant instruction sets
+    /// ([`crate::cpu::CpuInfo::key`]): a state dir carried to another CPU, or a VM moved to
+    /// another host generation under the same name, is never trusted. Keys written before
+    /// this field read as "" and so never match.
+    #[serde(default)]
+    pub cpu: String,
     pub cores: Vec<usize>,
     /// The engine, its version and the precision (`libtorch 2.13.0+cu130 f32`).
     pub engine: String,
