@@ -390,17 +390,6 @@ fn openvino_weighs_static_shapes_at_warm_up_and_serves_the_same_outputs() {
     }
 }
 
-/// The CPU's name as /proc/cpuinfo gives it.
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
 #[test]
 fn auto_precision_picks_bf16_only_where_it_is_harmless_and_faster_on_this_cpu() {
     let m = models();

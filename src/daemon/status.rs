@@ -1,5 +1,6 @@
-//! The status file (`<state_dir>/status.json`) and `metrics.prom` beside it in Prometheus text
-//! format, which `packrat status` and node exporters read.
+//! The status file (`<state_dir>/status.json`: the agent's pid and start time, its CPU, every
+//! model's state) and `metrics.prom` beside it in Prometheus text format, which `packrat
+//! status` and node exporters read.
 
 use std::path::Path;
 

@@ -1,8 +1,8 @@
 //! The runtime of one model: everything between the spool and the engine. Scans of incoming/
 //! feed its [`queue`]; its [`dispatcher`] thread claims jobs only as it runs them, in batches
 //! with the plan for their size ([`plans`]) on warm instance sets from the engine's pool; it
-//! counts what happened ([`stats`]) and holds jobs while the spool cannot be written
-//! ([`storage`]).
+//! counts what happened ([`stats`]), holds jobs while the spool cannot be written
+//! ([`storage`]), and knows which precision the model computes in and why ([`precision`]).
 //!
 //! Reconfiguring (a new plan table) swaps an `Arc` between batches: jobs stay queued, the batch
 //! in flight finishes on the old instances, so nothing is dropped. A `plan = "auto"` model

@@ -394,16 +394,30 @@ impl Rng {
     }
 }
 
-/// This host's first-processor flags, read straight from /proc/cpuinfo (the tests' own
-/// oracle, independent of the agent's reading of it).
-pub fn cpu_flags() -> Vec<String> {
+/// A field of this host's first processor in /proc/cpuinfo (the tests' own oracle,
+/// independent of the agent's reading of it).
+pub fn cpu_field(key: &str) -> Option<String> {
     fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("flags"))
+        .take_while(|l| !l.trim().is_empty())
+        .find(|l| l.split_once(':').is_some_and(|(k, _)| k.trim() == key))
         .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.split_whitespace().map(str::to_string).collect())
+        .map(|(_, v)| v.trim().to_string())
+}
+
+/// The CPU's name as /proc/cpuinfo gives it.
+pub fn cpu_model() -> String {
+    cpu_field("model name").unwrap_or_else(|| "unknown".into())
+}
+
+/// This host's first-processor flags.
+pub fn cpu_flags() -> Vec<String> {
+    cpu_field("flags")
         .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Whether this CPU has bf16 arithmetic units (AVX-512 BF16 or AMX-BF16). Tests that touch
