@@ -71,10 +71,6 @@ fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
     h
 }
 
-fn cpu_model() -> String {
-    CpuInfo::detect().model.clone()
-}
-
 /// The version of an engine's library.
 pub fn engine_version(engine: EngineKind) -> &'static str {
     match engine {
@@ -107,7 +103,7 @@ pub fn profile_key(subject: &Subject, topo: &Topology) -> Result<ProfileKey> {
         model: subject.name.to_string(),
         model_hash,
         input: format!("{:?}", subject.inputs),
-        cpu_model: cpu_model(),
+        cpu_model: CpuInfo::detect().model.clone(),
         cpu: CpuInfo::detect().key(),
         cores: topo.ordered(),
         engine: format!(

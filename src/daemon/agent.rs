@@ -290,9 +290,8 @@ impl Agent {
     }
 
     pub fn write_status(&self, state: AgentState) {
-        let pid = std::process::id();
         let status = Status {
-            pid,
+            pid: std::process::id(),
             start_time: self.start_time,
             state,
             updated: crate::spool::time::rfc3339(SystemTime::now()),

@@ -115,96 +115,80 @@ fn resolve_on(cfg: &ModelConfig, cpu: &CpuInfo) -> Result<Resolved> {
         twin: None,
     };
     let pct = |x: f64| x * 100.0;
+    if cfg.precision == PrecisionChoice::F32 {
+        return Ok(serve(cfg.load(Precision::F32)?, None, None, None));
+    }
+    if auto && !engine.has_bf16() {
+        let why = format!("{} has no bf16 path", engine.name());
+        return Ok(serve(cfg.load(Precision::F32)?, None, None, Some(why)));
+    }
+    // Where bf16 cannot run natively, f32 serves and the journal says why, once: at warning
+    // level when bf16 was asked for, as a choice for `auto`.
+    let f32_instead = |model: Model, why: String| {
+        if auto {
+            log::info!("model {}: precision auto: f32 ({why})", cfg.name);
+        } else {
+            log::warn!(
+                "model {}: precision bf16 requested, serving f32: {why}",
+                cfg.name
+            );
+        }
+        Ok(serve(model, None, None, Some(why)))
+    };
     // libtorch runs bf16 without bf16 units only by emulation, slower than f32: the CPU's
     // flags decide. OpenVINO is asked instead (its compiled model says what it computes).
-    let no_units = if engine == EngineKind::Libtorch {
-        cpu.no_bf16_reason()
-    } else {
-        None
-    };
-    match cfg.precision {
-        PrecisionChoice::F32 => Ok(serve(cfg.load(Precision::F32)?, None, None, None)),
-        PrecisionChoice::Auto if !engine.has_bf16() => Ok(serve(
-            cfg.load(Precision::F32)?,
-            None,
-            None,
-            Some(format!("{} has no bf16 path", engine.name())),
-        )),
-        PrecisionChoice::Bf16 | PrecisionChoice::Auto if no_units.is_some() => {
-            let why = no_units.unwrap_or_default();
-            if auto {
-                log::info!("model {}: precision auto: f32 ({why})", cfg.name);
-            } else {
-                log::warn!(
-                    "model {}: precision bf16 requested, serving f32: {why}",
-                    cfg.name
-                );
-            }
-            Ok(serve(cfg.load(Precision::F32)?, None, None, Some(why)))
-        }
-        PrecisionChoice::Bf16 => {
-            let bf16 = cfg.load(Precision::Bf16)?;
-            if let Some(note) = bf16.precision_note.clone() {
-                let why = format!("{note}; CPU {}", cpu.summary());
-                log::warn!(
-                    "model {}: precision bf16 requested, serving f32: {why}",
-                    cfg.name
-                );
-                return Ok(serve(bf16, None, None, Some(why)));
-            }
-            let f32 = cfg.load(Precision::F32)?;
-            let drift = example_drift(&f32, &bf16, &f32.example_inputs(4))?;
-            Ok(serve(bf16, Some(drift), None, None))
-        }
-        PrecisionChoice::Auto => {
-            let bf16 = cfg.load(Precision::Bf16)?;
-            if let Some(note) = bf16.precision_note.clone() {
-                // The engine computes f32 anyway: that model is the f32 one.
-                let why = format!("{note}; CPU {}", cpu.summary());
-                log::info!("model {}: precision auto: f32 ({why})", cfg.name);
-                return Ok(serve(bf16, None, None, Some(why)));
-            }
-            let f32 = cfg.load(Precision::F32)?;
-            let xs = f32.example_inputs(4);
-            let drift = example_drift(&f32, &bf16, &xs)?;
-            if drift > cfg.bf16_tolerance {
-                let why = format!(
-                    "bf16 drifted {:.3} % from f32 on example inputs, over bf16_tolerance {:.2} %",
-                    pct(drift),
-                    pct(cfg.bf16_tolerance)
-                );
-                log::warn!("model {}: precision auto: f32 ({why})", cfg.name);
-                return Ok(serve(f32, Some(drift), None, Some(why)));
-            }
-            let (speedup, pairs) = paired_speedup(&f32, &bf16, &xs)?;
-            if speedup.is_nan() || speedup < cfg.bf16_min_speedup {
-                let why = format!(
-                    "bf16 ran {speedup:.2}× as fast as f32 on example inputs (median of {pairs} interleaved pairs), under bf16_min_speedup {:.2}",
-                    cfg.bf16_min_speedup
-                );
-                log::info!("model {}: precision auto: f32 ({why})", cfg.name);
-                return Ok(serve(f32, Some(drift), Some(speedup), Some(why)));
-            }
-            log::info!(
-                "model {}: precision auto: bf16 (drift {:.3} % on example inputs, within {:.2} %; {speedup:.2}× as fast as f32)",
-                cfg.name,
-                pct(drift),
-                pct(cfg.bf16_tolerance)
-            );
-            Ok(Resolved {
-                model: Arc::new(bf16),
-                twin: Some(Arc::new(f32)),
-                status: status(
-                    Precision::Bf16,
-                    Some(drift),
-                    Some(speedup),
-                    Some(format!(
-                        "drift within tolerance on example inputs, {speedup:.2}× as fast as f32"
-                    )),
-                ),
-            })
+    if engine == EngineKind::Libtorch {
+        if let Some(why) = cpu.no_bf16_reason() {
+            return f32_instead(cfg.load(Precision::F32)?, why);
         }
     }
+    let bf16 = cfg.load(Precision::Bf16)?;
+    if let Some(note) = bf16.precision_note.clone() {
+        // The engine computes f32 anyway: that model is the f32 one.
+        return f32_instead(bf16, format!("{note}; CPU {}", cpu.summary()));
+    }
+    let f32 = cfg.load(Precision::F32)?;
+    let xs = f32.example_inputs(4);
+    let drift = example_drift(&f32, &bf16, &xs)?;
+    if !auto {
+        return Ok(serve(bf16, Some(drift), None, None));
+    }
+    if drift > cfg.bf16_tolerance {
+        let why = format!(
+            "bf16 drifted {:.3} % from f32 on example inputs, over bf16_tolerance {:.2} %",
+            pct(drift),
+            pct(cfg.bf16_tolerance)
+        );
+        log::warn!("model {}: precision auto: f32 ({why})", cfg.name);
+        return Ok(serve(f32, Some(drift), None, Some(why)));
+    }
+    let (speedup, pairs) = paired_speedup(&f32, &bf16, &xs)?;
+    if speedup.is_nan() || speedup < cfg.bf16_min_speedup {
+        let why = format!(
+            "bf16 ran {speedup:.2}× as fast as f32 on example inputs (median of {pairs} interleaved pairs), under bf16_min_speedup {:.2}",
+            cfg.bf16_min_speedup
+        );
+        log::info!("model {}: precision auto: f32 ({why})", cfg.name);
+        return Ok(serve(f32, Some(drift), Some(speedup), Some(why)));
+    }
+    log::info!(
+        "model {}: precision auto: bf16 (drift {:.3} % on example inputs, within {:.2} %; {speedup:.2}× as fast as f32)",
+        cfg.name,
+        pct(drift),
+        pct(cfg.bf16_tolerance)
+    );
+    Ok(Resolved {
+        model: Arc::new(bf16),
+        twin: Some(Arc::new(f32)),
+        status: status(
+            Precision::Bf16,
+            Some(drift),
+            Some(speedup),
+            Some(format!(
+                "drift within tolerance on example inputs, {speedup:.2}× as fast as f32"
+            )),
+        ),
+    })
 }
 
 /// The check of one real job against the f32 twin: `Some(reason)` when bf16 must stop.

@@ -93,25 +93,8 @@ impl LivePoint {
     fn samples_since(&self, t: f64) -> usize {
         self.samples.iter().filter(|s| s.at >= t).count()
     }
-}
 
-/// One live point as status shows it: its estimate with how much it is worth — how many
-/// samples back it, how old the newest is, how widely they spread.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PointReport {
-    pub threads: usize,
-    pub batch: usize,
-    pub estimate_ms: Option<f64>,
-    pub prior_ms: Option<f64>,
-    /// Samples measured on this host while serving (0: the estimate is the prior).
-    pub samples: usize,
-    /// Seconds since the newest sample.
-    pub age_s: Option<f64>,
-    /// (max − min) / median of the samples in the window, in % (None below 2 samples).
-    pub spread_pct: Option<f64>,
-}
-
-impl LivePoint {
+    /// This point with its uncertainty, for status.
     pub fn report(&self, now: f64) -> PointReport {
         let v: Vec<f64> = self.samples.iter().map(|s| s.ms).collect();
         let spread_pct = (v.len() >= 2).then(|| {
@@ -131,6 +114,22 @@ impl LivePoint {
             spread_pct,
         }
     }
+}
+
+/// One live point as status shows it: its estimate with how much it is worth — how many
+/// samples back it, how old the newest is, how widely they spread.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PointReport {
+    pub threads: usize,
+    pub batch: usize,
+    pub estimate_ms: Option<f64>,
+    pub prior_ms: Option<f64>,
+    /// Samples measured on this host while serving (0: the estimate is the prior).
+    pub samples: usize,
+    /// Seconds since the newest sample.
+    pub age_s: Option<f64>,
+    /// (max − min) / median of the samples in the window, in % (None below 2 samples).
+    pub spread_pct: Option<f64>,
 }
 
 /// Counts for status: how much of the profile serving has measured.
