@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::engine::{Builtin, EngineKind, EngineOptions, InputSpec, Model, ModelSource, Precision};
+use crate::engine::{
+    Builtin, EngineKind, EngineOptions, InputSpec, Model, ModelSource, Precision, VersionDir,
+};
 use crate::planner::topology::{self, parse_cpu_list, Topology};
 use crate::planner::FixedInstance;
 use crate::tensorfile::kind_from_name;
@@ -121,6 +123,7 @@ struct RawModel {
     name: String,
     source: String,
     engine: Option<String>,
+    version: Option<u64>,
     precision: Option<String>,
     input: Option<Vec<i64>>,
     dtype: Option<String>,
@@ -198,7 +201,10 @@ impl PrecisionChoice {
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub name: String,
+    /// The model file (for a folder of versions: the version this config was read for).
     pub source: ModelSource,
+    /// `source` named a folder of numbered versions: where they are and which is wanted.
+    pub versions: Option<VersionDir>,
     pub precision: PrecisionChoice,
     /// For `auto`: the largest drift of bf16 from f32 (relative to the largest f32 output).
     pub bf16_tolerance: f64,
@@ -410,7 +416,7 @@ fn model(i: usize, m: RawModel, cores: Option<&[usize]>) -> Result<ModelConfig, 
             "use letters, digits, '-', '_' or '.', e.g. name = \"resnet18\"",
         );
     }
-    let source = source(&f, &m.source, m.engine.as_deref())?;
+    let (source, versions) = source(&f, &m.source, m.engine.as_deref(), m.version)?;
     let precision = precision(&f("precision"), m.precision.as_deref(), source.engine())?;
     let inputs = inputs(&f, &m, &source)?;
     if let ModelSource::Builtin(b) = &source {
@@ -534,6 +540,7 @@ fn model(i: usize, m: RawModel, cores: Option<&[usize]>) -> Result<ModelConfig, 
         max_batch_delay_ms: m.max_batch_delay_ms,
         name: m.name,
         source,
+        versions,
         precision,
         bf16_tolerance: m.bf16_tolerance,
         bf16_min_speedup: m.bf16_min_speedup,
@@ -551,7 +558,8 @@ fn source(
     f: &dyn Fn(&str) -> String,
     s: &str,
     engine: Option<&str>,
-) -> Result<ModelSource, Refusal> {
+    version: Option<u64>,
+) -> Result<(ModelSource, Option<VersionDir>), Refusal> {
     let engine = match engine {
         None => None,
         Some(e) => Some(EngineKind::from_name(e).map_or_else(
@@ -581,7 +589,14 @@ fn source(
                 "leave engine out, or export the model to ONNX and point source at the .onnx file",
             );
         }
-        return Ok(ModelSource::Builtin(b));
+        if version.is_some() {
+            return refuse(
+                f("version"),
+                "a built-in model has no versions",
+                "remove version, or point source at a folder of numbered versions",
+            );
+        }
+        return Ok((ModelSource::Builtin(b), None));
     }
     let path = Path::new(s);
     if !path.is_absolute() {
@@ -589,6 +604,21 @@ fn source(
             f("source"),
             format!("'{s}' is neither builtin:NAME nor an absolute path"),
             "write source = \"builtin:resnet18\", \"/srv/models/model.pt\" or \"/srv/models/model.onnx\"",
+        );
+    }
+    if path.is_dir() {
+        let dir = VersionDir {
+            dir: path.to_path_buf(),
+            pin: version,
+            engine,
+        };
+        return Ok((version_source(f, &dir)?, Some(dir)));
+    }
+    if version.is_some() {
+        return refuse(
+            f("version"),
+            format!("'{s}' is a model file, not a folder of versions"),
+            "remove version, or point source at a folder holding <N>/model.pt (or .onnx, .xml)",
         );
     }
     let engine = engine.unwrap_or(match path.extension().and_then(|e| e.to_str()) {
@@ -603,11 +633,46 @@ fn source(
             "check the path; export the model with torch.jit.save (libtorch) or torch.onnx.export (onnxruntime)",
         );
     }
-    Ok(match engine {
+    let source = match engine {
         EngineKind::Libtorch => ModelSource::TorchScript(path.to_path_buf()),
         EngineKind::OnnxRuntime => ModelSource::Onnx(path.to_path_buf()),
         EngineKind::OpenVino => ModelSource::OpenVino(path.to_path_buf()),
-    })
+    };
+    Ok((source, None))
+}
+
+/// The model file of the version a folder of versions serves: the pinned one, or the highest
+/// that holds a model file (a newer, half-written one is the runtime's to retry).
+fn version_source(f: &dyn Fn(&str) -> String, dir: &VersionDir) -> Result<ModelSource, Refusal> {
+    let shown = dir.dir.display();
+    let list = dir.list().or_else(|e| {
+        refuse(
+            f("source"),
+            format!("cannot list the versions in {shown}: {e}"),
+            "let the agent read the folder",
+        )
+    })?;
+    let layout = format!("put each version in {shown}/<N>/model.pt (or model.onnx, or model.xml with model.bin), N = 1, 2, …");
+    if let Some(pin) = dir.pin {
+        if !list.contains(&pin) {
+            return refuse(
+                f("version"),
+                format!("{shown} has no version {pin} (it has {list:?})"),
+                "pin a version that is there, or remove version to serve the highest",
+            );
+        }
+        return dir
+            .source(pin)
+            .or_else(|why| refuse(f("version"), why, layout));
+    }
+    let mut why = format!("{shown} holds no version folder");
+    for &n in list.iter().rev() {
+        match dir.source(n) {
+            Ok(source) => return Ok(source),
+            Err(e) => why = e,
+        }
+    }
+    refuse(f("source"), why, layout)
 }
 
 fn precision(field: &str, p: Option<&str>, engine: EngineKind) -> Result<PrecisionChoice, Refusal> {
@@ -816,6 +881,7 @@ mod tests {
             ("source = \"builtin:tiny_cnn\"\nstatic_shapes = 2", "model[0].static_shapes", "no static shapes"),
             ("source = \"builtin:tiny_cnn\"\nstatic_shapes = 65", "model[0].static_shapes", "out of range"),
             ("source = \"builtin:tiny_cnn\"\nadapt = \"yes\"", "line 6", "bool"),
+            ("source = \"builtin:tiny_cnn\"\nversion = 2", "model[0].version", "no versions"),
         ];
         for (model, field, problem) in cases {
             let (f, p) = parse(&with_model(model)).unwrap_err();
@@ -861,6 +927,51 @@ mod tests {
         for (text, field) in cases {
             assert_eq!(parse(&text).unwrap_err().0, field, "{text}");
         }
+    }
+
+    #[test]
+    fn a_folder_of_versions_serves_the_highest_with_a_file_or_the_pinned_one() {
+        let dir = tempfile::tempdir().unwrap();
+        for (f, bytes) in [
+            ("1/model.pt", &b"x"[..]),
+            ("2/model.onnx", b"x"),
+            ("3/README", b"x"),
+        ] {
+            let p = dir.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, bytes).unwrap();
+        }
+        let model = |extra: &str| {
+            parse(&with_model(&format!(
+                "source = \"{}\"\ninput = [4]\n{extra}",
+                dir.path().display()
+            )))
+        };
+        // 3 holds no model file yet: 2 serves, on the engine its file names.
+        let m = model("").unwrap();
+        assert_eq!(
+            m.models[0].source,
+            ModelSource::Onnx(dir.path().join("2/model.onnx"))
+        );
+        assert_eq!(m.models[0].versions.as_ref().unwrap().pin, None);
+        let m = model("version = 1").unwrap();
+        assert_eq!(
+            m.models[0].source,
+            ModelSource::TorchScript(dir.path().join("1/model.pt"))
+        );
+        let (field, problem) = model("version = 7").unwrap_err();
+        assert_eq!(field, "model[0].version");
+        assert!(problem.contains("no version 7"), "{problem}");
+        let (field, problem) = model("version = 3").unwrap_err();
+        assert_eq!(field, "model[0].version");
+        assert!(problem.contains("no model file"), "{problem}");
+        let file = dir.path().join("1/model.pt");
+        let (field, _) = parse(&with_model(&format!(
+            "source = \"{}\"\ninput = [4]\nversion = 1",
+            file.display()
+        )))
+        .unwrap_err();
+        assert_eq!(field, "model[0].version");
     }
 
     #[test]

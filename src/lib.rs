@@ -11,15 +11,19 @@
 //!
 //! - [`commands`]: the command line, one file per command (`serve`, `submit`, `status`, `plan`,
 //!   `profile`, `bench`, `demo`); thin, none imports another;
-//! - [`daemon`]: `packrat serve` — the event loop (signals, inotify, timers), reload and drain,
-//!   sd_notify, the status file and metrics;
-//! - [`runtime`]: one per model — its queue, dispatcher (coalescing, splitting), plan table in
-//!   force, the precision in use and why, online adaptation (live profile, idle-gap
-//!   measurements, re-plans), stats and drift;
+//! - [`daemon`]: `packrat serve` — the event loop (signals, inotify on jobs and version
+//!   folders, timers), reload (models added, removed, re-versioned) and drain, sd_notify, the
+//!   status file and metrics;
+//! - [`runtime`]: one per model — its queue and the dispatcher that owns the serving loop
+//!   (coalescing, splitting, switching versions between batches), the serving
+//!   [`runtime::version`] (engine, instance sets, plan table, precision, online adaptation) and
+//!   at most one being built beside it ([`runtime::load`]), the version history
+//!   ([`runtime::lifecycle`]), stats and drift;
 //! - [`config`]: the TOML config, parsed and validated field by field before anything starts;
 //! - [`profiler`]: targeted, co-located profiling through the engine, and the profile cache;
 //! - [`engine`]: the engines (libtorch for TorchScript files and built-ins, ONNX Runtime,
-//!   OpenVINO) behind one session interface, pinned instance sets, the instance pool;
+//!   OpenVINO) behind one session interface, pinned instance sets, the instance pool, and a
+//!   model's numbered version folders ([`engine::versions`]);
 //! - [`tensorfile`]: the `.npy` / `.npz` / `.safetensors` formats, one file each;
 //! - [`planner`] (crate `packrat-planner`): profiles, the knapsack DP, the bounded layout menu,
 //!   the live profile, CPU topology and features (bf16, AMX), plan tables — no libtorch;

@@ -110,6 +110,7 @@ pub fn run(args: &Args) -> Result<i32> {
         if let Some(p) = &m.storage_problem {
             println!("  JOBS HELD: {p}");
         }
+        print_versions(&m.versions);
         println!(
             "  jobs: {} done, {} failed, {} waiting; {} batches; latency p50 {} p99 {}",
             m.jobs_done,
@@ -244,4 +245,37 @@ pub fn run(args: &Args) -> Result<i32> {
         }
     }
     Ok(code)
+}
+
+/// `version 3 (loaded: 3, 4); 2 swaps, last 2 -> 3 (loaded in 1.2 s); 1 refused, last: ...`
+fn print_versions(v: &crate::runtime::lifecycle::VersionsStatus) {
+    let mut line = format!("  version {} (loaded: {})", v.serving, v.loaded.join(", "));
+    if let Some(l) = &v.loading {
+        line.push_str(&format!("; loading {l}"));
+    }
+    if let Some(s) = &v.last_swap {
+        line.push_str(&format!(
+            "; {} swap(s), last {} -> {} at {} ({:.1} s to load)",
+            v.swaps,
+            s.from,
+            s.to,
+            s.at,
+            s.load_ms / 1e3
+        ));
+    }
+    println!("{line}");
+    if let Some(f) = &v.last_failed_load {
+        println!(
+            "  refused versions: {}; last: version {} ({}) at {}: {}",
+            v.failed_loads, f.version, f.source, f.at, f.reason
+        );
+    }
+    let per: Vec<String> = v
+        .outcomes
+        .iter()
+        .map(|(k, o)| format!("{k}: {} done, {} failed", o.done, o.failed))
+        .collect();
+    if per.len() > 1 {
+        println!("  jobs per version: {}", per.join("; "));
+    }
 }

@@ -1,24 +1,26 @@
 //! The agent: the configured models' runtimes, started in order (load → plan → warm up →
-//! recover), plus what the event loop asks of them — scan, reload, status, stop.
+//! recover), plus what the event loop asks of them — scan, look at version folders, reload
+//! (which may add, remove or re-version models while the others serve), status, stop.
 
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
+use super::events::{Event, Watch};
 use super::sdnotify::Notifier;
 use super::status::{process_start_time, AgentState, Status};
 use crate::config::{Config, ConfigError, ModelConfig, PlanChoice};
-use crate::engine::{EngineKind, Model};
+use crate::engine::EngineKind;
 use crate::planner::cpu::CpuInfo;
-use crate::planner::profile::ProfileFile;
-use crate::planner::topology::Topology;
-use crate::planner::PlanTable;
-use crate::profiler::profile_path;
-use crate::runtime::adapt::{live_path, unix_now, Adapter, Reason, Replan};
-use crate::runtime::plans::{build_plans, log_plans, Profiling};
+use crate::runtime::load::{self, Place};
+use crate::runtime::plans::Profiling;
 use crate::runtime::precision::resolve;
+use crate::runtime::version::ModelVersion;
 use crate::runtime::ModelRuntime;
 use crate::spool::{Folder, Spool, SpoolOptions};
 
@@ -31,12 +33,43 @@ fn load_fix(engine: EngineKind) -> &'static str {
     }
 }
 
+/// Whether two configs of a model load the same thing: anything else needs a new version.
+fn same_model(a: &ModelConfig, b: &ModelConfig) -> bool {
+    let source = match (&a.versions, &b.versions) {
+        // The version folders decide the file; check_versions follows them.
+        (Some(x), Some(y)) => x == y,
+        (None, None) => a.source == b.source,
+        _ => false,
+    };
+    source
+        && a.inputs == b.inputs
+        && a.max_batch == b.max_batch
+        && a.precision == b.precision
+        && a.bf16_tolerance == b.bf16_tolerance
+        && a.bf16_min_speedup == b.bf16_min_speedup
+        && a.engine_options == b.engine_options
+}
+
+/// A model being served: its runtime and its dispatcher thread.
+struct Served {
+    rt: Arc<ModelRuntime>,
+    /// None once joined (the agent drained).
+    dispatcher: Option<JoinHandle<()>>,
+}
+
 pub struct Agent {
     pub config: Config,
-    topo: Topology,
+    place: Place,
     pub notifier: Notifier,
-    pub models: Vec<Arc<ModelRuntime>>,
-    dispatchers: Vec<JoinHandle<()>>,
+    models: Vec<Served>,
+    /// Models a reload added, loading on helper threads; they arrive on `added`.
+    adding: HashSet<String>,
+    added_tx: Sender<(String, Result<Arc<ModelRuntime>>)>,
+    added: Receiver<(String, Result<Arc<ModelRuntime>>)>,
+    /// Models a reload removed, finishing their batch in flight on helper threads.
+    removing: Vec<JoinHandle<()>>,
+    jobs_watch: Option<Watch>,
+    versions_watch: Option<Watch>,
     /// This process's start time, written beside the pid (see [`Status::start_time`]).
     start_time: Option<u64>,
 }
@@ -57,91 +90,79 @@ impl Agent {
             topo.ordered(),
             CpuInfo::detect().summary()
         );
-        let mut models = Vec::new();
+        let place = Place {
+            topo,
+            state_dir: config.state_dir.clone(),
+        };
+        let mut runtimes = Vec::new();
         for (i, mc) in config.models.iter().enumerate() {
-            notifier.status(&format!("loading model {}", mc.name));
-            let t0 = Instant::now();
-            // The config pointed at something the engine cannot run: a config error (exit 78).
-            let resolved = resolve(mc).map_err(|e| ConfigError {
-                file: config.path.display().to_string(),
-                field: format!("model[{i}].source"),
-                problem: format!("{e:#}"),
-                fix: load_fix(mc.source.engine()).into(),
-            })?;
-            let model = resolved.model.clone();
-            log::info!(
-                "model {}: loaded {} in {:.1} s",
-                mc.name,
-                mc.source,
-                t0.elapsed().as_secs_f64()
-            );
-            let opts = SpoolOptions {
-                keep_inputs: config.keep_inputs,
-                output_mode: config.output_mode,
-            };
-            let spool = Spool::open(config.spool.join(&mc.name), opts).map_err(|e| ConfigError {
-                file: config.path.display().to_string(),
-                field: "spool".into(),
-                problem: format!("{e:#}"),
-                fix: "point spool at a directory the agent may write (not a symlinked one); see the README's spool section".into(),
-            })?;
-            spool.clean_tmp(Duration::from_secs(config.tmp_max_age_s));
-            let (table, profile) =
-                Self::plan(&config, &topo, &notifier, mc, &model, Profiling::Allowed).map_err(|e| match &mc.plan {
-                    // A fixed plan that cannot run here is the config's mistake.
-                    PlanChoice::Fixed(_) => ConfigError {
-                        file: config.path.display().to_string(),
-                        field: format!("model[{i}].plan"),
-                        problem: format!("{e:#}"),
-                        fix: "give the instances at most as many threads (and cores) as `cores` allows, or use plan = \"auto\"".into(),
-                    }
-                    .into(),
-                    _ => e,
-                })?;
-            let (table, adapter) = Self::adapting(&config, &topo, mc, table, profile);
-            let rt = Arc::new(ModelRuntime::new(
-                mc.clone(),
-                resolved,
-                spool,
-                table,
-                topo.clone(),
-                adapter,
-            ));
-            notifier.status(&format!("warming up model {}", mc.name));
-            rt.warm_up()?;
-            let recovered = rt.take_over();
-            if recovered > 0 {
-                log::info!(
-                    "model {}: {recovered} job(s) of stopped agents run again first",
-                    mc.name
-                );
-            }
-            models.push(rt);
+            runtimes.push(Self::start_model(&config, &place, &notifier, i, mc)?);
         }
-        let dispatchers = models
-            .iter()
-            .map(|rt| rt.spawn_dispatcher())
-            .collect::<Result<_, _>>()?;
+        let models = runtimes
+            .into_iter()
+            .map(|rt| {
+                let dispatcher = Some(rt.spawn_dispatcher()?);
+                Ok(Served { rt, dispatcher })
+            })
+            .collect::<Result<_, std::io::Error>>()?;
+        let (added_tx, added) = mpsc::channel();
         Ok(Agent {
             config,
-            topo,
+            place,
             notifier,
             models,
-            dispatchers,
+            adding: HashSet::new(),
+            added_tx,
+            added,
+            removing: Vec::new(),
+            jobs_watch: None,
+            versions_watch: None,
             start_time: process_start_time(std::process::id()),
         })
     }
 
-    /// A model's plan table; profiling progress goes to the journal and to systemd.
-    fn plan(
+    /// The spool of a model; a spool that cannot be opened is the config's mistake.
+    fn open_spool(config: &Config, mc: &ModelConfig) -> Result<Spool, ConfigError> {
+        let opts = SpoolOptions {
+            keep_inputs: config.keep_inputs,
+            output_mode: config.output_mode,
+        };
+        let spool = Spool::open(config.spool.join(&mc.name), opts).map_err(|e| ConfigError {
+            file: config.path.display().to_string(),
+            field: "spool".into(),
+            problem: format!("{e:#}"),
+            fix: "point spool at a directory the agent may write (not a symlinked one); see the README's spool section".into(),
+        })?;
+        spool.clean_tmp(Duration::from_secs(config.tmp_max_age_s));
+        Ok(spool)
+    }
+
+    /// Start-up of one model: load, plan (profiling allowed: nothing serves yet), warm up,
+    /// take over dead agents' jobs. What the config got wrong exits 78.
+    fn start_model(
         config: &Config,
-        topo: &Topology,
+        place: &Place,
         notifier: &Notifier,
-        mc: &crate::config::ModelConfig,
-        model: &Arc<Model>,
-        profiling: Profiling,
-    ) -> Result<(PlanTable, Option<ProfileFile>)> {
-        if mc.plan == PlanChoice::Auto && profiling == Profiling::Allowed {
+        i: usize,
+        mc: &ModelConfig,
+    ) -> Result<Arc<ModelRuntime>> {
+        notifier.status(&format!("loading model {}", mc.name));
+        let t0 = Instant::now();
+        // The config pointed at something the engine cannot run: a config error (exit 78).
+        let resolved = resolve(mc).map_err(|e| ConfigError {
+            file: config.path.display().to_string(),
+            field: format!("model[{i}].source"),
+            problem: format!("{e:#}"),
+            fix: load_fix(mc.source.engine()).into(),
+        })?;
+        log::info!(
+            "model {}: loaded {} in {:.1} s",
+            mc.name,
+            mc.source,
+            t0.elapsed().as_secs_f64()
+        );
+        let spool = Self::open_spool(config, mc)?;
+        if mc.plan == PlanChoice::Auto {
             // Profiling may take the whole budget: tell systemd to wait for it.
             notifier.send(&format!(
                 "EXTEND_TIMEOUT_USEC={}",
@@ -161,94 +182,141 @@ impl Agent {
                 notifier.status(&msg);
             }
         };
-        let (table, profile) =
-            build_plans(mc, model, topo, &config.state_dir, profiling, &mut progress)?;
-        log_plans(&mc.name, &table);
-        Ok((table, profile))
+        let (table, profile) = load::plan(
+            mc,
+            &resolved.model,
+            place,
+            Profiling::Allowed,
+            &mut progress,
+        )
+        .map_err(|e| match &mc.plan {
+            // A fixed plan that cannot run here is the config's mistake.
+            PlanChoice::Fixed(_) => ConfigError {
+                file: config.path.display().to_string(),
+                field: format!("model[{i}].plan"),
+                problem: format!("{e:#}"),
+                fix: "give the instances at most as many threads (and cores) as `cores` allows, or use plan = \"auto\"".into(),
+            }
+            .into(),
+            _ => e,
+        })?;
+        let (table, adapter) = load::adapting(mc, place, table, profile);
+        let version = ModelVersion::new(
+            mc.clone(),
+            load::label(mc),
+            resolved,
+            table,
+            place.topo.clone(),
+            adapter,
+        );
+        notifier.status(&format!("warming up model {}", mc.name));
+        version.warm_up()?;
+        let rt = Arc::new(ModelRuntime::new(version, spool, place.clone()));
+        let recovered = rt.take_over();
+        if recovered > 0 {
+            log::info!(
+                "model {}: {recovered} job(s) of stopped agents run again first",
+                mc.name
+            );
+        }
+        Ok(rt)
     }
 
-    /// For an adapting `auto` model: the adapter, grown from the profile (or from the live
-    /// profile the last run left), and the table it gives; otherwise `table` as it is.
-    fn adapting(
-        config: &Config,
-        topo: &Topology,
-        mc: &ModelConfig,
-        table: PlanTable,
-        profile: Option<ProfileFile>,
-    ) -> (PlanTable, Option<Adapter>) {
-        let Some(profile) = profile.filter(|_| mc.plan == PlanChoice::Auto && mc.adapt.enabled)
-        else {
-            return (table, None);
-        };
-        let (mut adapter, restored) = Adapter::new(
-            &profile,
-            &profile_path(&config.state_dir, &mc.name),
-            &config.state_dir,
-            topo.clone(),
-            mc.adapt.clone(),
-            mc.max_batch,
-        );
-        match adapter.table() {
-            Ok(t) => {
-                if restored {
-                    log::info!(
-                        "model {}: planning from the live profile the last run left ({})",
-                        mc.name,
-                        live_path(&config.state_dir, &mc.name).display()
-                    );
-                    log_plans(&mc.name, &t);
-                    adapter.switched(Replan {
-                        reason: Reason::Restored,
-                        at: unix_now(),
-                        predicted_change_pct: 0.0,
-                        summary: t.for_batch(mc.max_batch).summary(),
-                    });
-                }
-                (t, Some(adapter))
-            }
-            Err(e) => {
-                log::warn!("model {}: not adapting ({e:#})", mc.name);
-                (table, None)
+    pub fn model_count(&self) -> usize {
+        self.models.len()
+    }
+
+    /// Watches the models' incoming/ folders and version folders from now on; `tx` gets what
+    /// they see.
+    pub fn watch(&mut self, tx: Sender<Event>) -> Result<()> {
+        self.jobs_watch = Some(Watch::new(tx.clone(), Event::Arrival)?);
+        self.versions_watch = Some(Watch::new(tx, Event::Versions)?);
+        self.rewatch()
+    }
+
+    fn rewatch(&mut self) -> Result<()> {
+        let incoming: Vec<PathBuf> = self
+            .models
+            .iter()
+            .map(|m| m.rt.spool.dir(Folder::Incoming))
+            .collect();
+        let versions: Vec<PathBuf> = self
+            .models
+            .iter()
+            .filter_map(|m| m.rt.settings().versions.map(|v| v.dir))
+            .collect();
+        if let Some(w) = self.jobs_watch.as_mut() {
+            w.set(&incoming)?;
+        }
+        if let Some(w) = self.versions_watch.as_mut() {
+            // A version folder that cannot be watched is still rescanned periodically.
+            if let Err(e) = w.set(&versions) {
+                log::warn!("{e:#}; new versions are seen on the periodic rescan only");
             }
         }
-    }
-
-    /// The incoming/ folders to watch.
-    pub fn incoming_dirs(&self) -> Vec<std::path::PathBuf> {
-        self.models
-            .iter()
-            .map(|rt| rt.spool.dir(Folder::Incoming))
-            .collect()
+        Ok(())
     }
 
     /// Looks at what waits in every model's incoming/ (claimed only when it runs).
     pub fn scan(&self) {
-        for rt in &self.models {
-            rt.offer_waiting();
+        for m in &self.models {
+            m.rt.offer_waiting();
         }
     }
 
     /// Takes over the jobs of agents on the same spools that are gone.
     pub fn take_over(&self) {
-        for rt in &self.models {
-            rt.take_over();
+        for m in &self.models {
+            m.rt.take_over();
+        }
+    }
+
+    /// Looks at every folder of versions: a wanted version (the highest, or the pinned one)
+    /// that is not serving, and did not fail as its folder is now, is loaded beside the
+    /// serving one.
+    pub fn check_versions(&self) {
+        for m in &self.models {
+            let cfg = m.rt.settings();
+            let Some(dir) = &cfg.versions else { continue };
+            let wanted = match dir.wanted() {
+                Ok(Some(n)) => n,
+                Ok(None) => continue,
+                Err(e) => {
+                    log::debug!("model {}: cannot list {}: {e}", cfg.name, dir.dir.display());
+                    continue;
+                }
+            };
+            let label = wanted.to_string();
+            let fingerprint = dir.fingerprint(wanted);
+            if !m.rt.wants(&label, &fingerprint) {
+                continue;
+            }
+            match dir.source(wanted) {
+                Ok(source) => m.rt.stage(ModelConfig { source, ..cfg }),
+                Err(why) => m.rt.refuse(
+                    &label,
+                    &dir.folder(wanted).display().to_string(),
+                    &why,
+                    fingerprint,
+                ),
+            }
         }
     }
 
     /// Whether every model is making progress: its dispatcher is alive, and idle or running a
     /// batch that started less than `limit` ago. The watchdog pings only then.
     pub fn progress(&self, limit: Duration) -> Result<(), String> {
-        for (rt, d) in self.models.iter().zip(&self.dispatchers) {
-            if d.is_finished() {
+        for m in &self.models {
+            if m.dispatcher.as_ref().is_some_and(JoinHandle::is_finished) {
                 return Err(format!(
                     "model {}: its dispatcher thread is gone",
-                    rt.cfg.name
+                    m.rt.name
                 ));
             }
-            if let Some(t) = rt.stuck_for().filter(|t| *t > limit) {
+            if let Some(t) = m.rt.stuck_for().filter(|t| *t > limit) {
                 return Err(format!(
                     "model {}: a batch has been running for {:.0} s",
-                    rt.cfg.name,
+                    m.rt.name,
                     t.as_secs_f64()
                 ));
             }
@@ -261,16 +329,16 @@ impl Agent {
         let troubles: Vec<String> = self
             .models
             .iter()
-            .filter_map(|rt| {
-                rt.storage_problem()
-                    .map(|p| format!("model {}: {p}", rt.cfg.name))
+            .filter_map(|m| {
+                m.rt.storage_problem()
+                    .map(|p| format!("model {}: {p}", m.rt.name))
             })
             .collect();
         if troubles.is_empty() {
             let replans: Vec<String> = self
                 .models
                 .iter()
-                .filter_map(|rt| rt.replan_summary().map(|s| format!("{}: {s}", rt.cfg.name)))
+                .filter_map(|m| m.rt.replan_summary().map(|s| format!("{}: {s}", m.rt.name)))
                 .collect();
             let mut line = format!("serving {} model(s)", self.models.len());
             if !replans.is_empty() {
@@ -283,8 +351,8 @@ impl Agent {
     }
 
     pub fn clean_tmp(&self) {
-        for rt in &self.models {
-            rt.spool
+        for m in &self.models {
+            m.rt.spool
                 .clean_tmp(Duration::from_secs(self.config.tmp_max_age_s));
         }
     }
@@ -297,15 +365,18 @@ impl Agent {
             updated: crate::spool::time::rfc3339(SystemTime::now()),
             config: self.config.path.display().to_string(),
             cpu: Some(CpuInfo::detect().clone()),
-            models: self.models.iter().map(|m| m.status()).collect(),
+            models: self.models.iter().map(|m| m.rt.status()).collect(),
         };
         if let Err(e) = status.write(&self.config.state_dir) {
             log::warn!("cannot write the status file: {e:#}");
         }
     }
 
-    /// SIGHUP: re-read the config; re-plan models whose plan settings changed (or that plan
-    /// automatically: their cached profile may be newer). A refused config changes nothing.
+    /// SIGHUP: re-read the config and apply all of it while the models serve. A changed
+    /// model (source, version, inputs, max_batch, engine, precision) gets a new version
+    /// beside the old; a changed plan re-plans; a new model is loaded on a helper thread and
+    /// joins once warm; a removed one finishes its batch in flight and gives back what it
+    /// claimed. A refused config changes nothing.
     pub fn reload(&mut self) {
         let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
             .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
@@ -323,61 +394,178 @@ impl Agent {
                 return;
             }
         };
+        let gone: Vec<String> = self
+            .models
+            .iter()
+            .map(|m| m.rt.name.clone())
+            .filter(|n| !new.models.iter().any(|mc| &mc.name == n))
+            .collect();
+        for name in gone {
+            self.remove(&name);
+        }
         for mc in &new.models {
-            let Some(rt) = self.models.iter().find(|m| m.cfg.name == mc.name) else {
-                log::warn!("reload: new model '{}' is not started by a reload: restart the agent to add it", mc.name);
-                continue;
-            };
-            if rt.cfg.source != mc.source
-                || rt.cfg.inputs != mc.inputs
-                || rt.cfg.max_batch != mc.max_batch
-            {
-                log::warn!("reload: model '{}' changed its source, inputs or max_batch: restart the agent to apply that", mc.name);
-                continue;
-            }
-            let adapts = mc.plan == PlanChoice::Auto && mc.adapt.enabled;
-            if adapts && rt.replan_now() {
-                log::info!("reload: model '{}' re-plans from its live profile", mc.name);
-                continue;
-            }
-            match Self::plan(
-                &new,
-                &self.topo,
-                &self.notifier,
-                mc,
-                &rt.model(),
-                Profiling::CachedOnly,
-            ) {
-                Ok((table, profile)) => {
-                    let (table, adapter) = Self::adapting(&new, &self.topo, mc, table, profile);
-                    rt.set_adapter(adapter);
-                    rt.set_plans(table);
-                }
-                Err(e) => log::error!("reload: model '{}' keeps its plan: {e:#}", mc.name),
+            match self.models.iter().find(|m| m.rt.name == mc.name) {
+                Some(m) => Self::reconfigure(&new, &self.place, &m.rt, mc),
+                None => self.add(&new, mc),
             }
         }
-        for rt in &self.models {
-            if !new.models.iter().any(|m| m.name == rt.cfg.name) {
-                log::warn!("reload: model '{}' was removed from the config: restart the agent to stop serving it", rt.cfg.name);
-            }
+        self.config = new;
+        if let Err(e) = self.rewatch() {
+            log::warn!("reload: {e:#}; rescans still find new jobs");
         }
+        self.check_versions();
         self.notifier.send(&format!(
             "READY=1\nSTATUS=serving {} model(s) (reloaded)",
             self.models.len()
         ));
     }
 
+    /// A reload's config for a model that serves on.
+    fn reconfigure(new: &Config, place: &Place, rt: &Arc<ModelRuntime>, mc: &ModelConfig) {
+        rt.set_settings(mc);
+        let serving = rt.serving();
+        if !same_model(&serving.cfg, mc) {
+            log::info!(
+                "reload: model '{}' changed: loading it as a new version",
+                mc.name
+            );
+            rt.stage(mc.clone());
+            return;
+        }
+        let adapts = mc.plan == PlanChoice::Auto && mc.adapt.enabled;
+        if adapts && serving.replan_now() {
+            log::info!("reload: model '{}' re-plans from its live profile", mc.name);
+            return;
+        }
+        let place = Place {
+            topo: place.topo.clone(),
+            state_dir: new.state_dir.clone(),
+        };
+        let noop = &mut |_: usize, _: usize, _: Duration, _: &str| {};
+        match load::plan(mc, &serving.model(), &place, Profiling::CachedOnly, noop) {
+            Ok((table, profile)) => {
+                let (table, adapter) = load::adapting(mc, &place, table, profile);
+                serving.set_adapter(adapter);
+                serving.set_plans(table);
+            }
+            Err(e) => log::error!("reload: model '{}' keeps its plan: {e:#}", mc.name),
+        }
+    }
+
+    /// A model a reload added: loaded, planned and warmed on a helper thread (never profiled:
+    /// the others serve on these cores), then it joins through [`Agent::adopt_added`].
+    fn add(&mut self, config: &Config, mc: &ModelConfig) {
+        if !self.adding.insert(mc.name.clone()) {
+            return; // already on its way
+        }
+        log::info!("reload: adding model '{}'", mc.name);
+        let name = mc.name.clone();
+        let (config, mc, place, tx) = (
+            config.clone(),
+            mc.clone(),
+            self.place.clone(),
+            self.added_tx.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("pr-add".into())
+            .spawn(move || {
+                let name = mc.name.clone();
+                let built = (|| -> Result<Arc<ModelRuntime>> {
+                    let version = load::beside(mc.clone(), &place, None)?;
+                    let spool = Self::open_spool(&config, &mc)?;
+                    let rt = Arc::new(ModelRuntime::new(version, spool, place));
+                    rt.take_over();
+                    Ok(rt)
+                })();
+                let _ = tx.send((name, built));
+            });
+        if let Err(e) = spawned {
+            log::error!("reload: cannot spawn a thread to add '{name}': {e}");
+            self.adding.remove(&name);
+        }
+    }
+
+    /// Starts serving the models whose loading finished (call from the loop).
+    pub fn adopt_added(&mut self) {
+        let mut changed = false;
+        while let Ok((name, built)) = self.added.try_recv() {
+            self.adding.remove(&name);
+            let still_wanted = self.config.models.iter().any(|m| m.name == name);
+            let rt = match built {
+                Ok(rt) if still_wanted => rt,
+                Ok(rt) => {
+                    rt.give_back();
+                    continue;
+                }
+                Err(e) => {
+                    log::error!("reload: model '{name}' not added: {e:#}; a later reload retries");
+                    continue;
+                }
+            };
+            match rt.spawn_dispatcher() {
+                Ok(dispatcher) => {
+                    log::info!(
+                        "model {name}: added; serving version {}",
+                        rt.serving().label
+                    );
+                    rt.offer_waiting();
+                    self.models.push(Served {
+                        rt,
+                        dispatcher: Some(dispatcher),
+                    });
+                    changed = true;
+                }
+                Err(e) => log::error!("model {name}: cannot start its dispatcher: {e}"),
+            }
+        }
+        if changed {
+            if let Err(e) = self.rewatch() {
+                log::warn!("{e:#}; rescans still find new jobs");
+            }
+        }
+        self.removing.retain(|h| !h.is_finished());
+    }
+
+    /// A model a reload removed: it stops claiming, finishes its batch in flight and gives
+    /// back what it claimed (on a helper thread), so its backlog waits in incoming/.
+    fn remove(&mut self, name: &str) {
+        let Some(k) = self.models.iter().position(|m| m.rt.name == name) else {
+            return;
+        };
+        let Served { rt, dispatcher } = self.models.remove(k);
+        log::info!("reload: removing model '{name}': finishing its batch in flight");
+        rt.stop();
+        let name = name.to_string();
+        let spawned = std::thread::Builder::new()
+            .name("pr-remove".into())
+            .spawn(move || {
+                if let Some(d) = dispatcher {
+                    let _ = d.join();
+                }
+                rt.give_back();
+                log::info!("model {name}: removed; its backlog stays in incoming/");
+            })
+            .context("cannot spawn a thread to remove a model");
+        match spawned {
+            Ok(h) => self.removing.push(h),
+            Err(e) => log::error!("{e:#}"),
+        }
+    }
+
     /// Stops every dispatcher after its batch in flight, waits for them, and gives back what
     /// is still claimed: the backlog stays in incoming/ for the next agent.
     pub fn drain(&mut self) {
-        for rt in &self.models {
-            rt.stop();
+        for m in &self.models {
+            m.rt.stop();
         }
-        for d in self.dispatchers.drain(..) {
-            let _ = d.join();
+        for h in self.removing.drain(..) {
+            let _ = h.join();
         }
-        for rt in &self.models {
-            rt.give_back();
+        for m in &mut self.models {
+            if let Some(d) = m.dispatcher.take() {
+                let _ = d.join();
+            }
+            m.rt.give_back();
         }
     }
 }

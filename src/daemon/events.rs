@@ -1,5 +1,6 @@
-//! What wakes the event loop: job arrivals (inotify), and signals, turned into [`Event`]s on
-//! one channel. The loop itself only reads the channel, so a test can drive it directly.
+//! What wakes the event loop: job arrivals and new model versions (inotify), and signals,
+//! turned into [`Event`]s on one channel. The loop itself only reads the channel, so a test can
+//! drive it directly.
 
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
@@ -12,6 +13,8 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 pub enum Event {
     /// Something may have arrived in an incoming/: scan.
     Arrival,
+    /// A folder of model versions changed (a version renamed in, or removed): look at it.
+    Versions,
     /// SIGHUP: re-read the config and re-plan.
     Reload,
     /// SIGTERM/SIGINT: stop claiming, drain, exit.
@@ -39,35 +42,61 @@ pub fn forward_signals(tx: Sender<Event>) -> Result<()> {
     Ok(())
 }
 
-/// Watches `dirs` with inotify; arrivals (and inotify errors, which may hide arrivals) become
-/// [`Event::Arrival`]. The watch lasts as long as the returned watcher.
-pub fn watch(tx: Sender<Event>, dirs: &[PathBuf]) -> Result<notify::RecommendedWatcher> {
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
-        // Only arrivals matter. Open/read events must be ignored: our own scans cause them.
-        let arrival = match res {
-            Ok(ev) => matches!(
-                ev.kind,
-                EventKind::Create(_)
-                    | EventKind::Modify(ModifyKind::Name(_))
-                    | EventKind::Access(AccessKind::Close(AccessMode::Write))
-                    | EventKind::Other
-                    | EventKind::Any
-            ),
-            Err(e) => {
-                log::warn!("inotify reported an error ({e}): rescanning");
-                true
+/// An inotify watch on a set of folders that can change while it runs (models added or
+/// removed by a reload). Every change in them becomes `event` (and so do inotify errors, which
+/// may hide one).
+pub struct Watch {
+    watcher: notify::RecommendedWatcher,
+    dirs: Vec<PathBuf>,
+}
+
+impl Watch {
+    pub fn new(tx: Sender<Event>, event: Event) -> Result<Watch> {
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+            // Open/read events must be ignored: our own scans cause them.
+            let changed = match res {
+                Ok(ev) => {
+                    matches!(
+                        ev.kind,
+                        EventKind::Create(_)
+                            | EventKind::Modify(ModifyKind::Name(_))
+                            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+                            | EventKind::Other
+                            | EventKind::Any
+                    ) || (event == Event::Versions && matches!(ev.kind, EventKind::Remove(_)))
+                }
+                Err(e) => {
+                    log::warn!("inotify reported an error ({e}): rescanning");
+                    true
+                }
+            };
+            if changed {
+                let _ = tx.send(event);
             }
-        };
-        if arrival {
-            let _ = tx.send(Event::Arrival);
-        }
-    })
-    .context("cannot start inotify")?;
-    for d in dirs {
-        watcher
-            .watch(d, notify::RecursiveMode::NonRecursive)
-            .with_context(|| format!("cannot watch {}", d.display()))?;
+        })
+        .context("cannot start inotify")?;
+        Ok(Watch {
+            watcher,
+            dirs: Vec::new(),
+        })
     }
-    Ok(watcher)
+
+    /// Watches exactly `dirs` from now on.
+    pub fn set(&mut self, dirs: &[PathBuf]) -> Result<()> {
+        for gone in self.dirs.iter().filter(|d| !dirs.contains(d)) {
+            // A folder removed from disk has lost its watch already.
+            let _ = self.watcher.unwatch(gone);
+        }
+        self.dirs.retain(|d| dirs.contains(d));
+        for d in dirs {
+            if !self.dirs.contains(d) {
+                self.watcher
+                    .watch(d, notify::RecursiveMode::NonRecursive)
+                    .with_context(|| format!("cannot watch {}", d.display()))?;
+                self.dirs.push(d.clone());
+            }
+        }
+        Ok(())
+    }
 }

@@ -69,7 +69,7 @@ fn run(config: Config) -> Result<()> {
     events::forward_signals(tx.clone())?;
     let mut agent =
         Agent::start(config, Notifier::from_env()).map_err(|e| e.context("start-up failed"))?;
-    let _watcher = events::watch(tx, &agent.incoming_dirs())?;
+    agent.watch(tx)?;
     serve_until_shutdown(&mut agent, &rx);
     Ok(())
 }
@@ -83,6 +83,8 @@ pub fn serve_until_shutdown(agent: &mut Agent, events: &Receiver<Event>) {
         .map_or(rescan_period, |w| w.min(rescan_period))
         .min(Duration::from_secs(1));
     let mut rescan = Every::new(rescan_period);
+    // Not reset by arrivals: under steady load these must still run.
+    let mut chores = Every::new(rescan_period);
     let mut status = Every::new(Duration::from_secs(1));
     let mut clean = Every::new(Duration::from_secs(60));
     let mut watchdog = watchdog_period.map(Every::new);
@@ -91,11 +93,11 @@ pub fn serve_until_shutdown(agent: &mut Agent, events: &Receiver<Event>) {
     agent.write_status(AgentState::Serving);
     agent.notifier.send(&format!(
         "READY=1\nSTATUS=serving {} model(s)",
-        agent.models.len()
+        agent.model_count()
     ));
     log::info!(
         "ready: serving {} model(s) from {}",
-        agent.models.len(),
+        agent.model_count(),
         agent.config.spool.display()
     );
     let mut status_line = agent.status_line();
@@ -118,6 +120,7 @@ pub fn serve_until_shutdown(agent: &mut Agent, events: &Receiver<Event>) {
                 agent.scan();
                 rescan.reset();
             }
+            Ok(Event::Versions) => agent.check_versions(),
             Ok(Event::Reload) => agent.reload(),
             Ok(Event::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
                 log::info!("stopping: finishing the batch in flight, then exiting");
@@ -128,10 +131,16 @@ pub fn serve_until_shutdown(agent: &mut Agent, events: &Receiver<Event>) {
             }
             Err(RecvTimeoutError::Timeout) => {}
         }
+        agent.adopt_added();
         if rescan.due() {
-            // Dead agents are looked for on the periodic rescan only: not per arrival.
-            agent.take_over();
             agent.scan();
+        }
+        if chores.due() {
+            // Dead agents are looked for periodically, not per arrival; so are versions
+            // inotify missed (another host's writes) and refused versions whose folder
+            // changed since.
+            agent.take_over();
+            agent.check_versions();
         }
         if watchdog.as_mut().is_some_and(Every::due) {
             // "Alive" means making progress: a hung forward pass withholds the ping, so systemd

@@ -149,6 +149,68 @@ impl Status {
             }),
         );
         family(
+            "packrat_model_version_info",
+            "gauge",
+            "The version each model serves (always 1).",
+            per_model(&|m, l| {
+                vec![format!(
+                    "packrat_model_version_info{{{l},version=\"{}\"}} 1",
+                    label(&m.versions.serving)
+                )]
+            }),
+        );
+        family(
+            "packrat_model_versions_loaded",
+            "gauge",
+            "Versions of the model in memory: the serving one, and one loading or being retired.",
+            per_model(&|m, l| {
+                vec![format!(
+                    "packrat_model_versions_loaded{{{l}}} {}",
+                    m.versions.loaded.len()
+                )]
+            }),
+        );
+        family(
+            "packrat_model_version_swaps_total",
+            "counter",
+            "Switches to a new version while serving.",
+            per_model(&|m, l| {
+                vec![format!(
+                    "packrat_model_version_swaps_total{{{l}}} {}",
+                    m.versions.swaps
+                )]
+            }),
+        );
+        family(
+            "packrat_model_version_load_failures_total",
+            "counter",
+            "Versions refused: they failed to load, to take the configured inputs or to run a warm-up batch.",
+            per_model(&|m, l| {
+                vec![format!(
+                    "packrat_model_version_load_failures_total{{{l}}} {}",
+                    m.versions.failed_loads
+                )]
+            }),
+        );
+        family(
+            "packrat_version_jobs_total",
+            "counter",
+            "Jobs that ended, by the version that ran them and outcome.",
+            per_model(&|m, l| {
+                m.versions
+                    .outcomes
+                    .iter()
+                    .flat_map(|(v, o)| {
+                        let v = label(v);
+                        [
+                            format!("packrat_version_jobs_total{{{l},version=\"{v}\",outcome=\"done\"}} {}", o.done),
+                            format!("packrat_version_jobs_total{{{l},version=\"{v}\",outcome=\"failed\"}} {}", o.failed),
+                        ]
+                    })
+                    .collect()
+            }),
+        );
+        family(
             "packrat_batches_total",
             "counter",
             "Batches run (several jobs may share one).",

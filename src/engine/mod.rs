@@ -17,6 +17,7 @@ pub mod openvino;
 mod pool;
 mod torch;
 mod torch_opt;
+pub mod versions;
 
 use anyhow::{anyhow, Context, Result};
 use tch::{Kind, Tensor};
@@ -27,6 +28,7 @@ pub use model::{EngineOptions, InputMismatch, MismatchKind, Model, ModelSource};
 pub use onnx::ONNXRUNTIME_VERSION;
 pub use openvino::OPENVINO_VERSION;
 pub use pool::InstancePool;
+pub use versions::VersionDir;
 
 /// A forward pass's named outputs, in the model's order.
 pub type Outputs = Vec<(String, Tensor)>;

@@ -26,6 +26,16 @@ pub enum ModelSource {
 }
 
 impl ModelSource {
+    /// The model file (None for a built-in).
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            ModelSource::Builtin(_) => None,
+            ModelSource::TorchScript(p) | ModelSource::Onnx(p) | ModelSource::OpenVino(p) => {
+                Some(p)
+            }
+        }
+    }
+
     pub fn engine(&self) -> EngineKind {
         match self {
             ModelSource::Builtin(_) | ModelSource::TorchScript(_) => EngineKind::Libtorch,

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{defaults, Adapt};
 use crate::planner::live::{LiveCounts, LiveProfile, PointReport, SampleKind, PRIOR_WEIGHT};
 use crate::planner::menu::{self, MenuReport};
-use crate::planner::profile::{Curve, ProfileFile};
+use crate::planner::profile::{Curve, ProfileFile, ProfileKey};
 use crate::planner::topology::Topology;
 use crate::planner::{Plan, PlanTable};
 
@@ -445,6 +445,34 @@ impl Adapter {
         let last = self.last_replan.as_ref()?;
         let n: u64 = self.replans.values().sum();
         Some(format!("{n} re-plan(s), last: {}", last.reason.name()))
+    }
+
+    /// The adapter of a new version of the same model (same inputs, engine and max_batch):
+    /// it starts from what this one learnt, under the new version's profile key, and online
+    /// adaptation corrects whatever the new weights change.
+    pub fn inherit(&self, key: Option<ProfileKey>) -> Adapter {
+        let mut live = self.live.clone();
+        live.key = key;
+        Adapter {
+            live,
+            path: self.path.clone(),
+            topo: self.topo.clone(),
+            cfg: self.cfg.clone(),
+            max_batch: self.max_batch,
+            mix: self.mix.clone(),
+            moved: 0.0,
+            moved_by: None,
+            last_solve: Instant::now(),
+            last_save: Instant::now(),
+            unsaved: true,
+            round_since: None,
+            round_asked: None,
+            probing_for: Reason::NewPoints,
+            shapes_run: HashSet::new(),
+            replans: BTreeMap::new(),
+            last_replan: None,
+            menu: self.menu.clone(),
+        }
     }
 
     pub fn status(&self, table: &PlanTable) -> AdaptStatus {

@@ -3,15 +3,21 @@
 //! `max_batch_delay_ms` for more, 0 by default), runs the batch with the plan for its size,
 //! splits the outputs back per job and publishes them through the spool. A write the job is
 //! not to blame for (disk full) holds the job and retries it later; it never fails it.
-//! Between batches it lets the model re-plan; while nothing waits it makes the model's
-//! idle-gap measurements, one bounded step at a time.
+//! Between batches it switches to a staged version and lets the serving one re-plan; while
+//! nothing waits it makes the version's idle-gap measurements, one bounded step at a time.
+//!
+//! Every job is loaded against the version serving when it is claimed and runs on that
+//! version: a batch never mixes versions. Its output names the version (the extended
+//! attribute `user.packrat.version`, and safetensors' `__metadata__`).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use tch::Tensor;
 
 use super::queue::Next;
+use super::version::ModelVersion;
 use super::ModelRuntime;
 use crate::engine::{concat_outputs, split_outputs, InputMismatch, MismatchKind, Outputs};
 use crate::spool::{Claim, ErrorKind, Job, JobError, PublishError, Published};
@@ -39,9 +45,10 @@ impl From<InputMismatch> for JobError {
     }
 }
 
-/// A job read and checked, ready to run.
+/// A job read and checked against a version, ready to run on it.
 struct Loaded {
     job: Job,
+    version: Arc<ModelVersion>,
     format: Format,
     inputs: Vec<Tensor>,
     items: usize,
@@ -49,8 +56,6 @@ struct Loaded {
 
 /// Runs until the queue is stopped; the batch in flight finishes first.
 pub(super) fn run(rt: &ModelRuntime) {
-    let max = rt.cfg.max_batch;
-    let delay = Duration::from_secs_f64(rt.cfg.max_batch_delay_ms / 1e3);
     let mut carry: Option<Loaded> = None;
     loop {
         let first = match carry.take() {
@@ -63,6 +68,8 @@ pub(super) fn run(rt: &ModelRuntime) {
                 }
             }
         };
+        let max = first.version.cfg.max_batch;
+        let delay = Duration::from_secs_f64(rt.settings().max_batch_delay_ms / 1e3);
         let deadline = Instant::now() + delay;
         let mut group = vec![first];
         let mut total = group[0].items;
@@ -75,7 +82,7 @@ pub(super) fn run(rt: &ModelRuntime) {
                 }
                 break;
             };
-            if total + l.items <= max {
+            if total + l.items <= max && Arc::ptr_eq(&l.version, &group[0].version) {
                 total += l.items;
                 group.push(l);
             } else {
@@ -84,19 +91,31 @@ pub(super) fn run(rt: &ModelRuntime) {
             }
         }
         run_group(rt, group);
-        rt.between_batches();
+        between_batches(rt);
     }
     if let Some(l) = carry {
         rt.queue.push_owned(vec![l.job]);
     }
-    log::debug!("model {}: dispatcher stopped", rt.cfg.name);
+    log::debug!("model {}: dispatcher stopped", rt.name);
+}
+
+/// A staged version takes over; the serving one re-plans when due; a version switched away
+/// from is unloaded once no batch holds it.
+fn between_batches(rt: &ModelRuntime) {
+    rt.adopt_staged();
+    rt.serving().between_batches();
+    rt.reap();
 }
 
 /// While nothing waits: background work one bounded step at a time, re-checking the queue in
 /// between; when there is none, sleeps until a job comes (or a while, to look again).
 fn idle(rt: &ModelRuntime) {
     while rt.queue.is_empty() && !rt.queue.stopping() {
-        if !rt.idle_step() {
+        if rt.adopt_staged() {
+            continue;
+        }
+        rt.reap();
+        if !rt.serving().idle_step(&rt.queue, &rt.busy) {
             rt.queue.wait_for_work(Duration::from_millis(500));
         }
     }
@@ -110,12 +129,12 @@ fn next_loaded(rt: &ModelRuntime, block: bool) -> Option<Loaded> {
             Next::Waiting(name) => match rt.spool.claim(&name) {
                 Ok(Claim::Job(job)) => job,
                 Ok(Claim::Refused(job, err)) => {
-                    rt.fail(job, &err);
+                    rt.fail(job, &err, None);
                     continue;
                 }
                 Ok(Claim::Gone) => continue,
                 Err(e) => {
-                    log::error!("model {}: {e:#}", rt.cfg.name);
+                    log::error!("model {}: {e:#}", rt.name);
                     continue;
                 }
             },
@@ -128,6 +147,8 @@ fn next_loaded(rt: &ModelRuntime, block: bool) -> Option<Loaded> {
 
 fn load(rt: &ModelRuntime, job: Job) -> Option<Loaded> {
     let t0 = Instant::now();
+    let version = rt.serving();
+    let max_job_bytes = rt.settings().max_job_bytes;
     let res = (|| -> Result<_, JobError> {
         let format = Format::from_path(&job.path).ok_or_else(|| {
             JobError::new(
@@ -138,27 +159,28 @@ fn load(rt: &ModelRuntime, job: Job) -> Option<Loaded> {
                 ),
             )
         })?;
-        let named = tensorfile::read(&job.path, format, rt.cfg.max_job_bytes)?;
-        let (inputs, items) = rt.model().match_inputs(named)?;
+        let named = tensorfile::read(&job.path, format, max_job_bytes)?;
+        let (inputs, items) = version.model().match_inputs(named)?;
         Ok((format, inputs, items as usize))
     })();
     match res {
         Ok((format, inputs, items)) => {
             log::debug!(
                 "model {}: {} loaded in {:.2} ms",
-                rt.cfg.name,
+                rt.name,
                 job.name,
                 t0.elapsed().as_secs_f64() * 1e3
             );
             Some(Loaded {
                 job,
+                version,
                 format,
                 inputs,
                 items,
             })
         }
         Err(e) => {
-            rt.fail(job, &e);
+            rt.fail(job, &e, None);
             None
         }
     }
@@ -179,17 +201,22 @@ fn run_group(rt: &ModelRuntime, mut group: Vec<Loaded>) {
         }
         return;
     }
-    rt.busy(true);
+    let version = group[0].version.clone();
+    rt.busy.set(true);
     let result = if group.len() == 1 {
         let out = run_one(rt, &group[0]);
         if let Ok(out) = &out {
-            rt.check_precision(&group[0].inputs, out);
+            version.check_precision(&rt.queue, &group[0].inputs, out);
         }
         out.map(|o| vec![o])
     } else {
         run_coalesced(rt, &group)
     };
-    rt.busy(false);
+    rt.busy.set(false);
+    let fail = |l: Loaded, e: anyhow::Error| {
+        let label = l.version.label.clone();
+        rt.fail(l.job, &model_error(e), Some(&label));
+    };
     match result {
         Ok(outs) => {
             // The forward pass returned: whatever kills the agent from here on, these jobs are
@@ -205,7 +232,7 @@ fn run_group(rt: &ModelRuntime, mut group: Vec<Loaded>) {
         Err(e) if group.len() > 1 => {
             log::warn!(
                 "model {}: coalesced batch of {} jobs failed ({e:#}); running them one by one",
-                rt.cfg.name,
+                rt.name,
                 group.len()
             );
             for mut l in group {
@@ -214,13 +241,13 @@ fn run_group(rt: &ModelRuntime, mut group: Vec<Loaded>) {
                         rt.spool.forget_runs(&mut l.job);
                         finish(rt, l, &out)
                     }
-                    Err(e) => rt.fail(l.job, &model_error(e)),
+                    Err(e) => fail(l, e),
                 }
             }
         }
         Err(e) => {
             if let Some(l) = group.into_iter().next() {
-                rt.fail(l.job, &model_error(e));
+                fail(l, e);
             }
         }
     }
@@ -229,12 +256,20 @@ fn run_group(rt: &ModelRuntime, mut group: Vec<Loaded>) {
 fn finish(rt: &ModelRuntime, l: Loaded, out: &Outputs) {
     let t0 = Instant::now();
     let fmt = l.format.for_outputs(out.len());
-    let res = rt
-        .spool
-        .publish(&l.job, fmt.ext(), |w| tensorfile::write(w, fmt, out));
+    let version = l.version.label.as_str();
+    let meta = [
+        ("packrat.model", rt.name.as_str()),
+        ("packrat.version", version),
+    ];
+    let res = rt.spool.publish(
+        &l.job,
+        fmt.ext(),
+        &[("user.packrat.version", version)],
+        |w| tensorfile::write_tagged(w, fmt, out, &meta),
+    );
     log::debug!(
         "model {}: {} written in {:.2} ms",
-        rt.cfg.name,
+        rt.name,
         l.job.name,
         t0.elapsed().as_secs_f64() * 1e3
     );
@@ -243,8 +278,8 @@ fn finish(rt: &ModelRuntime, l: Loaded, out: &Outputs) {
             let dt = l.job.claimed.elapsed();
             match published {
                 Published::Output(path) => log::debug!(
-                    "model {}: {} ({} items) -> {} in {:.1} ms",
-                    rt.cfg.name,
+                    "model {} v{version}: {} ({} items) -> {} in {:.1} ms",
+                    rt.name,
                     l.job.name,
                     l.items,
                     path.display(),
@@ -252,28 +287,40 @@ fn finish(rt: &ModelRuntime, l: Loaded, out: &Outputs) {
                 ),
                 Published::Duplicate(path) => log::info!(
                     "model {}: {} already had its output {} (another agent ran it too); this run's is dropped",
-                    rt.cfg.name,
+                    rt.name,
                     l.job.name,
                     path.display()
                 ),
             }
             rt.storage_ok();
             rt.stats().record_done(dt);
+            rt.lifecycle().outcome(version, true);
         }
         Err(PublishError::Storage(e)) => rt.hold(l.job, &e),
-        Err(PublishError::Encode(e)) => rt.fail(
-            l.job,
-            &JobError::new(
-                ErrorKind::OutputError,
-                format!("cannot encode the output: {e:#}"),
-            ),
-        ),
+        Err(PublishError::Encode(e)) => {
+            let label = l.version.label.clone();
+            rt.fail(
+                l.job,
+                &JobError::new(
+                    ErrorKind::OutputError,
+                    format!("cannot encode the output: {e:#}"),
+                ),
+                Some(&label),
+            )
+        }
     }
+}
+
+/// Runs one batch (≤ max_batch items) on the version and counts it.
+fn run_batch(rt: &ModelRuntime, v: &ModelVersion, inputs: &[Tensor], n: usize) -> Result<Outputs> {
+    let (out, took) = v.run_batch(inputs, n)?;
+    rt.stats().record_batch(took);
+    Ok(out)
 }
 
 /// One job, in chunks of max_batch when it is larger.
 fn run_one(rt: &ModelRuntime, l: &Loaded) -> Result<Outputs> {
-    let max = rt.cfg.max_batch;
+    let max = l.version.cfg.max_batch;
     let mut parts = Vec::new();
     let mut off = 0;
     while off < l.items {
@@ -283,7 +330,7 @@ fn run_one(rt: &ModelRuntime, l: &Loaded) -> Result<Outputs> {
             .iter()
             .map(|t| t.narrow(0, off as i64, n as i64))
             .collect();
-        parts.push(rt.run_batch(&inputs, n)?);
+        parts.push(run_batch(rt, &l.version, &inputs, n)?);
         off += n;
     }
     concat_outputs(parts)
@@ -295,7 +342,7 @@ fn run_coalesced(rt: &ModelRuntime, group: &[Loaded]) -> Result<Vec<Outputs>> {
     let inputs: Vec<Tensor> = (0..n_inputs)
         .map(|k| Tensor::f_cat(&group.iter().map(|l| &l.inputs[k]).collect::<Vec<_>>(), 0))
         .collect::<Result<_, _>>()?;
-    let out = rt.run_batch(&inputs, total)?;
+    let out = run_batch(rt, &group[0].version, &inputs, total)?;
     let sizes: Vec<usize> = group.iter().map(|l| l.items).collect();
     split_outputs(out, &sizes)
 }

@@ -24,6 +24,8 @@ struct Inner {
     waiting: VecDeque<OsString>,
     /// Storage trouble: owned jobs are retried from then on, and nothing new is claimed.
     paused_until: Option<Instant>,
+    /// Something other than a job wants the dispatcher's attention (a version to switch to).
+    nudged: bool,
 }
 
 #[derive(Default)]
@@ -117,8 +119,14 @@ impl JobQueue {
         }
     }
 
-    /// Waits up to `timeout` for something to run; true when there is (false on timeout, or
-    /// once stopping).
+    /// Wakes a dispatcher waiting for work without giving it any.
+    pub fn nudge(&self) {
+        self.lock().nudged = true;
+        self.wake.notify_all();
+    }
+
+    /// Waits up to `timeout` for something to run; true when there is (false on timeout, on a
+    /// nudge, or once stopping).
     pub fn wait_for_work(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut q = self.lock();
@@ -128,6 +136,9 @@ impl JobQueue {
             }
             if !q.owned.is_empty() || !q.waiting.is_empty() {
                 return true;
+            }
+            if std::mem::take(&mut q.nudged) {
+                return false;
             }
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 return false;

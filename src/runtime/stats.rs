@@ -210,3 +210,30 @@ mod tests {
         assert_eq!(h.count, 4);
     }
 }
+
+/// Instance sets started so far: by warm-up and helper threads (ahead of use), and on the
+/// dispatch path in front of a batch (zero after warm-up, unless a set died).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SetStarts {
+    pub ahead: u64,
+    pub on_dispatch: u64,
+}
+
+/// When the forward pass now running started (None: idle). The watchdog reads it.
+#[derive(Default)]
+pub struct Busy(std::sync::Mutex<Option<Instant>>);
+
+impl Busy {
+    /// Marks a forward pass as running (`true`) or done.
+    pub fn set(&self, running: bool) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = running.then(Instant::now);
+    }
+
+    /// How long the forward pass now running has run, if one is.
+    pub fn for_how_long(&self) -> Option<Duration> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed())
+    }
+}

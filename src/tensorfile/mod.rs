@@ -187,6 +187,17 @@ pub fn write<W: Write + Seek>(
     format: Format,
     tensors: &[(String, Tensor)],
 ) -> anyhow::Result<()> {
+    write_tagged(w, format, tensors, &[])
+}
+
+/// [`write`], with `meta` in the file where its format has a place for it (safetensors'
+/// `__metadata__`; `.npy` and `.npz` have none).
+pub fn write_tagged<W: Write + Seek>(
+    w: &mut W,
+    format: Format,
+    tensors: &[(String, Tensor)],
+    meta: &[(&str, &str)],
+) -> anyhow::Result<()> {
     match format {
         Format::Npy => {
             anyhow::ensure!(
@@ -197,7 +208,7 @@ pub fn write<W: Write + Seek>(
             w.write_all(&npy::to_bytes(&tensors[0].1)?)?;
         }
         Format::Npz => npz::write(w, tensors)?,
-        Format::Safetensors => safetensors::write(w, tensors)?,
+        Format::Safetensors => safetensors::write(w, tensors, meta)?,
     }
     Ok(())
 }

@@ -100,7 +100,12 @@ pub(super) fn read(bytes: &[u8]) -> Result<Vec<Named>, ReadError> {
     Ok(out)
 }
 
-pub(super) fn write<W: Write>(w: &mut W, tensors: &[(String, Tensor)]) -> anyhow::Result<()> {
+/// Writes `tensors`, with `meta` as the file's `__metadata__` (none when empty).
+pub(super) fn write<W: Write>(
+    w: &mut W,
+    tensors: &[(String, Tensor)],
+    meta: &[(&str, &str)],
+) -> anyhow::Result<()> {
     let mut blobs = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let dtype = dtype_of(t.kind()).ok_or_else(|| {
@@ -116,7 +121,12 @@ pub(super) fn write<W: Write>(w: &mut W, tensors: &[(String, Tensor)]) -> anyhow
         })
         .collect::<Result<Vec<_>, ::safetensors::SafeTensorError>>()
         .map_err(|e| anyhow::anyhow!("cannot describe the outputs as safetensors: {e:?}"))?;
-    let bytes = ::safetensors::serialize(views, &None)
+    let meta = (!meta.is_empty()).then(|| {
+        meta.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<std::collections::HashMap<_, _>>()
+    });
+    let bytes = ::safetensors::serialize(views, &meta)
         .map_err(|e| anyhow::anyhow!("cannot write safetensors: {e:?}"))?;
     w.write_all(&bytes)?;
     Ok(())

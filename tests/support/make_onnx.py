@@ -154,3 +154,22 @@ hang = helper.make_model(
     opset_imports=[helper.make_opsetid("", 17)],
 )
 save(hang, "hang")
+
+# versions of one model (the lifecycle tests): x [N, 8] -> tanh(x @ (k * W)), W = 0.5 sin(0..31)
+# as [8, 4], for k = 1..4; the tests compute the same reference themselves.
+lin_w = f32(0.5 * np.sin(np.arange(32, dtype=np.float64)).reshape(8, 4))
+for k in (1, 2, 3, 4):
+    lin = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("MatMul", ["x", "W"], ["m"]),
+                helper.make_node("Tanh", ["m"], ["y"]),
+            ],
+            f"lin{k}",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+            [init("W", lin_w * k)],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    save(lin, f"lin{k}")

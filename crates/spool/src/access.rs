@@ -87,3 +87,36 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
 pub fn set_file_mode(file: &std::fs::File, mode: u32) -> std::io::Result<()> {
     fchmod(file.as_raw_fd(), Mode::from_bits_truncate(mode)).map_err(std::io::Error::from)
 }
+
+/// Sets the extended attribute `name` (e.g. `user.packrat.version`) on an open file.
+pub fn set_xattr(file: &std::fs::File, name: &str, value: &[u8]) -> std::io::Result<()> {
+    let name = std::ffi::CString::new(name)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in a name"))?;
+    // SAFETY: the descriptor is open for the call; `name` is NUL-terminated and `value` is a
+    // live slice of the length passed.
+    let rc = unsafe {
+        nix::libc::fsetxattr(
+            file.as_raw_fd(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Says once per process that outputs under `root` go without the attribute `name`.
+pub fn xattr_unsupported(root: &Path, name: &str, e: &std::io::Error) {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        log::info!(
+            "outputs under {} are published without the extended attribute {name} ({e}): the filesystem has no user attributes; safetensors outputs still name their version in __metadata__",
+            root.display()
+        )
+    });
+}

@@ -332,8 +332,17 @@ impl Spool {
     }
 
     /// Publishes the job's output as `out/<name>` (see [`naming::output_name`]): `write` fills
-    /// a temp file, which is then linked into place — never over an existing output.
-    pub fn publish<F>(&self, job: &Job, ext: &str, write: F) -> Result<Published, PublishError>
+    /// a temp file, which is then linked into place — never over an existing output. `tags`
+    /// become the output's extended attributes (`user.packrat.version`), set before the link
+    /// so a client never sees an output without them; where the filesystem has no user
+    /// attributes the output is published without.
+    pub fn publish<F>(
+        &self,
+        job: &Job,
+        ext: &str,
+        tags: &[(&str, &str)],
+        write: F,
+    ) -> Result<Published, PublishError>
     where
         F: FnOnce(&mut BufWriter<&mut File>) -> Result<()>,
     {
@@ -361,6 +370,11 @@ impl Spool {
         }
         access::set_file_mode(tmp.as_file(), self.opts.output_mode)
             .map_err(StorageError::new("cannot set the output's mode"))?;
+        for (name, value) in tags {
+            if let Err(e) = access::set_xattr(tmp.as_file(), name, value.as_bytes()) {
+                access::xattr_unsupported(&self.root, name, &e);
+            }
+        }
         match link_once(tmp.path(), &target) {
             Ok(true) => {}
             Ok(false) => {

@@ -161,7 +161,7 @@ fn publish_is_atomic_never_replaces_an_outcome_and_retires_the_input() {
     drop_job(&s, "x.npz");
     let job = claim(&s, "x.npz");
     let out = s
-        .publish(&job, "npz", |w| {
+        .publish(&job, "npz", &[], |w| {
             w.write_all(b"result")?;
             Ok(())
         })
@@ -181,18 +181,18 @@ fn publish_is_atomic_never_replaces_an_outcome_and_retires_the_input() {
     drop_job(&s, "y.npy");
     let job = claim(&s, "y.npy");
     assert!(matches!(
-        s.publish(&job, "npy", |_| anyhow::bail!("boom")),
+        s.publish(&job, "npy", &[], |_| anyhow::bail!("boom")),
         Err(PublishError::Encode(_))
     ));
     assert_eq!(files(&s, Folder::Out), ["x.npz"]);
     // Two runs of one job (a paused agent's, a takeover's): the first outcome stands.
     let second = s
-        .publish(&job, "npy", |w| Ok(w.write_all(b"first")?))
+        .publish(&job, "npy", &[], |w| Ok(w.write_all(b"first")?))
         .unwrap();
     assert!(matches!(second, Published::Output(_)));
     fs::write(&job.path, b"job").unwrap();
     let third = s
-        .publish(&job, "npy", |w| Ok(w.write_all(b"second")?))
+        .publish(&job, "npy", &[], |w| Ok(w.write_all(b"second")?))
         .unwrap();
     assert!(matches!(third, Published::Duplicate(_)));
     assert_eq!(
@@ -278,7 +278,8 @@ fn the_client_picks_a_fresh_name_and_reads_the_outcome() {
     );
     assert!(client::submit(&s.root, &d.path().join("x.txt")).is_err());
     let job = claim(&s, "job.npy");
-    s.publish(&job, "npy", |w| Ok(w.write_all(b"o")?)).unwrap();
+    s.publish(&job, "npy", &[], |w| Ok(w.write_all(b"o")?))
+        .unwrap();
     assert_eq!(
         client::wait(&s.root, "job.npy", Duration::from_secs(1)).unwrap(),
         Outcome::Output(s.dir(Folder::Out).join("job.npy"))

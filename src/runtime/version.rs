@@ -1,0 +1,510 @@
+//! One loaded version of a model: its engine (through the instance pool), its plan table, its
+//! live profile and adapter, and the precision it computes in. A version is built and warmed
+//! beside the one serving (by the runtime's loader), then swapped in between batches; it is
+//! unloaded when the last batch that holds it is done (its pool's instance threads exit on
+//! drop).
+//!
+//! Re-planning (a new table) swaps an `Arc` between batches: the batch in flight finishes on
+//! the old instance sets. A `plan = "auto"` version re-plans by itself ([`super::adapt`]): from
+//! every batch it runs, and from measurements it makes only while nothing waits; a new table's
+//! instance sets are started on a helper thread and the table takes effect once they are warm.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tch::Tensor;
+
+use super::adapt::{self, AdaptStatus, Adapter, Decision, Probe, Reason, Replan};
+use super::plans::{self, layout, PlanState};
+use super::precision::{self, PrecisionStatus, Resolved};
+use super::queue::JobQueue;
+use super::stats::{self, Busy, Drift, SetStarts};
+use crate::config::ModelConfig;
+use crate::engine::{
+    InstanceInfo, InstancePool, InstanceSet, InstanceSpec, Model, Outputs, Specialized,
+};
+use crate::planner::topology::Topology;
+use crate::planner::{Plan, PlanTable};
+
+/// Instance sets a pool may hold: the table's layouts (bounded by `max_layouts`), the next
+/// table's while it is being prepared, and a margin.
+fn pool_capacity(cfg: &ModelConfig) -> usize {
+    2 * cfg.adapt.max_layouts + 4
+}
+
+pub struct ModelVersion {
+    /// The config this version was loaded with (its `source` is this version's model file).
+    pub cfg: ModelConfig,
+    /// What outputs, status and metrics call it: the folder number `N` of `<dir>/<N>/`, or the
+    /// model file's path for a single-file source.
+    pub label: String,
+    plans: PlanState,
+    /// Replaced whole when `auto` precision falls back to f32.
+    pool: RwLock<Arc<InstancePool>>,
+    drift: Mutex<Drift>,
+    precision: Mutex<PrecisionStatus>,
+    /// The f32 twin an `auto` model checks real jobs against, while it serves bf16.
+    twin: Mutex<Option<Arc<Model>>>,
+    topo: Topology,
+    /// None unless the model plans `auto` and adapts.
+    adapter: Mutex<Option<Adapter>>,
+    /// Sets for idle-gap measurements whose layout the table does not use.
+    probe_pool: Arc<InstancePool>,
+    /// A re-planned table waiting for its instance sets.
+    pending: Mutex<Option<(PlanTable, Replan)>>,
+    /// A helper thread is starting instance sets.
+    preparing: Arc<AtomicBool>,
+    /// What the instance sets' sessions found when readied for their shapes.
+    specialized: Arc<Mutex<Vec<Specialized>>>,
+}
+
+impl ModelVersion {
+    pub fn new(
+        cfg: ModelConfig,
+        label: String,
+        resolved: Resolved,
+        table: PlanTable,
+        topo: Topology,
+        adapter: Option<Adapter>,
+    ) -> ModelVersion {
+        let pool = InstancePool::new(resolved.model.clone(), &cfg.name, pool_capacity(&cfg));
+        let probe_pool = InstancePool::new(resolved.model, "probe", 8);
+        ModelVersion {
+            topo,
+            label,
+            adapter: Mutex::new(adapter),
+            probe_pool: Arc::new(probe_pool),
+            pending: Mutex::new(None),
+            preparing: Arc::new(AtomicBool::new(false)),
+            specialized: Arc::new(Mutex::new(Vec::new())),
+            cfg,
+            plans: PlanState::new(table),
+            pool: RwLock::new(Arc::new(pool)),
+            drift: Mutex::new(Drift::default()),
+            precision: Mutex::new(resolved.status),
+            twin: Mutex::new(resolved.twin),
+        }
+    }
+
+    fn pool(&self) -> Arc<InstancePool> {
+        self.pool
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub fn model(&self) -> Arc<Model> {
+        self.pool().model().clone()
+    }
+
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    /// For `auto` precision while bf16 serves: checks one real job (its inputs and what was
+    /// served) against the f32 twin, when nothing waits and fewer than
+    /// [`precision::JOB_CHECKS`] were checked; past the tolerance, switches to f32.
+    pub fn check_precision(&self, queue: &JobQueue, inputs: &[Tensor], served: &Outputs) {
+        let mut twin = self.twin.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(f32) = twin.clone() else { return };
+        let mut status = self.precision.lock().unwrap_or_else(|p| p.into_inner());
+        if !queue.is_empty() || status.jobs_checked >= precision::JOB_CHECKS {
+            return;
+        }
+        match precision::check_job(&f32, &mut status, inputs, served) {
+            Ok(None) => {
+                if status.jobs_checked == precision::JOB_CHECKS {
+                    *twin = None; // enough evidence: free the twin
+                }
+            }
+            Ok(Some(why)) => {
+                log::warn!(
+                    "model {}: precision auto: switching to f32 ({why})",
+                    self.name()
+                );
+                status.in_use = f32.precision.name().into();
+                status.reason = Some(why);
+                *twin = None;
+                drop(status);
+                *self.pool.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(
+                    InstancePool::new(f32, &self.cfg.name, pool_capacity(&self.cfg)),
+                );
+                if let Err(e) = self.warm_up() {
+                    log::error!("model {}: warm-up in f32 failed: {e:#}", self.name());
+                }
+            }
+            Err(e) => log::warn!(
+                "model {}: cannot check bf16 against f32: {e:#}",
+                self.name()
+            ),
+        }
+    }
+
+    pub fn plan_table(&self) -> Arc<PlanTable> {
+        self.plans.table()
+    }
+
+    /// Switches to a new plan table; instance sets it no longer uses are dropped (their threads
+    /// exit once the batch in flight, if any, is done with them).
+    pub fn set_plans(&self, table: PlanTable) {
+        self.plans.set(table);
+        self.pool().retain(&self.plans.layouts());
+    }
+
+    /// Starts the instance sets of the most useful plans (max_batch first) and runs each once,
+    /// so the first real jobs do not pay for thread start-up and oneDNN primitive creation.
+    /// For a new version this is also its check: it must take the configured inputs.
+    pub fn warm_up(&self) -> Result<()> {
+        let table = self.plans.table();
+        let layouts = self.plans.layouts();
+        let model = self.model();
+        self.pool().prepare(&layouts, |set| {
+            specialize_set(&self.cfg.name, &table, &model, set, &self.specialized)
+        })?;
+        for l in layouts {
+            let plan = table
+                .plans
+                .iter()
+                .rev()
+                .find(|p| layout(p) == l)
+                .context("a layout without a plan")?;
+            let set = self.pool().get(&l)?;
+            set.run(&model.example_inputs(plan.batch as i64), &plan.shares())
+                .with_context(|| format!("warm-up of model '{}' failed", self.name()))?;
+        }
+        Ok(())
+    }
+
+    /// Runs `inputs` (a batch of `items` ≤ max_batch) with the plan for its size, and records
+    /// its latency against the plan's prediction; returns the outputs and the forward time.
+    pub fn run_batch(&self, inputs: &[Tensor], items: usize) -> Result<(Outputs, Duration)> {
+        let plan = self.plans.for_batch(items);
+        let set = self.pool().get(&layout(&plan))?;
+        let t0 = Instant::now();
+        let (out, per_instance) = set.run_timed(inputs, &plan.shares())?;
+        let took = t0.elapsed();
+        let mut adapter = self.adapter();
+        if let Some(a) = adapter.as_mut() {
+            a.observe(&plan, &per_instance, items);
+        }
+        log::debug!(
+            "model {} v{}: batch of {items} ran in {:.2} ms ({})",
+            self.name(),
+            self.label,
+            took.as_secs_f64() * 1e3,
+            plan.summary()
+        );
+        let mut drift = self.drift.lock().unwrap_or_else(|p| p.into_inner());
+        drift.record(took, plan.predicted_latency_ms);
+        if let Some(a) = adapter.as_mut() {
+            let off = drift
+                .error_pct(stats::DRIFT_MIN)
+                .is_some_and(|e| e.abs() > adapt::DRIFT_ROUND_PCT);
+            if off {
+                a.drift_seen();
+            }
+            // Adapting: the plans follow the host by themselves, no need to tell anyone.
+            return Ok((out, took));
+        }
+        drop(adapter);
+        if let Some(err) = drift.warning_due() {
+            log::warn!(
+                "model {}: batches run {err:+.0}% off the profile's prediction (median of the last {}): has the host changed? Re-profile with `packrat profile --force`, then `systemctl reload packrat`",
+                self.name(),
+                stats::DRIFT_WINDOW
+            );
+        }
+        Ok((out, took))
+    }
+
+    fn adapter(&self) -> MutexGuard<'_, Option<Adapter>> {
+        self.adapter.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn adapts(&self) -> bool {
+        self.adapter().is_some()
+    }
+
+    /// An adapter for the next version of this model, grown from this one's live profile.
+    pub fn inherit_adapter(
+        &self,
+        key: Option<crate::planner::profile::ProfileKey>,
+    ) -> Option<Adapter> {
+        self.adapter().as_ref().map(|a| a.inherit(key))
+    }
+
+    /// What STATUS= says of this model's re-plans (None before the first).
+    pub fn replan_summary(&self) -> Option<String> {
+        self.adapter().as_ref().and_then(Adapter::summary)
+    }
+
+    /// Starts or stops adapting (a reload that changed the plan choice), saving what was learnt.
+    pub fn set_adapter(&self, adapter: Option<Adapter>) {
+        let mut a = self.adapter();
+        if let Some(old) = a.as_mut() {
+            old.save(true);
+        }
+        *a = adapter;
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    /// Saves the live profile now (before the version is unloaded or the agent stops).
+    pub fn save_profile(&self) {
+        if let Some(a) = self.adapter().as_mut() {
+            a.save(true);
+        }
+    }
+
+    /// Starts `layouts`' instance sets on a helper thread (one helper at a time), so that
+    /// neither the dispatcher nor a job waits for them.
+    /// New sets are readied for the sub-batch shapes `table` gives them, when there is one.
+    fn prepare_in_background(
+        &self,
+        pool: Arc<InstancePool>,
+        layouts: Vec<Vec<InstanceSpec>>,
+        table: Option<PlanTable>,
+    ) {
+        if self.preparing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let busy = self.preparing.clone();
+        let name = self.cfg.name.clone();
+        let specialized = self.specialized.clone();
+        let spawned = std::thread::Builder::new()
+            .name("pr-prepare".into())
+            .spawn(move || {
+                let ready = |set: &InstanceSet| match &table {
+                    Some(t) => specialize_set(&name, t, pool.model(), set, &specialized),
+                    None => Ok(()),
+                };
+                if let Err(e) = pool.prepare(&layouts, ready) {
+                    log::warn!("model {name}: cannot start instances for a new plan: {e:#}");
+                }
+                busy.store(false, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            log::warn!("model {}: cannot spawn a helper thread: {e}", self.name());
+            self.preparing.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Adopts the pending table once its instance sets are warm (else has them started).
+    fn apply_pending(&self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((table, _)) = pending.as_ref() else {
+            return;
+        };
+        let pool = self.pool();
+        let missing: Vec<Vec<InstanceSpec>> = plans::layouts_of(table)
+            .into_iter()
+            .filter(|l| pool.warm(l).is_none())
+            .collect();
+        if !missing.is_empty() {
+            self.prepare_in_background(pool, missing, Some(table.clone()));
+            return;
+        }
+        let Some((table, replan)) = pending.take() else {
+            return;
+        };
+        drop(pending);
+        log::info!(
+            "model {}: re-planned ({}): predicted {:+.1} % weighted latency; max_batch now runs {}",
+            self.name(),
+            replan.reason.name(),
+            replan.predicted_change_pct,
+            replan.summary
+        );
+        plans::log_plans(&self.cfg.name, &table);
+        self.set_plans(table);
+        if let Some(a) = self.adapter().as_mut() {
+            a.switched(replan);
+        }
+    }
+
+    /// Re-solves on the live profile (when due, or now with `force`) and acts on the answer.
+    fn solve(&self, force: Option<Reason>) {
+        let decision = {
+            let mut guard = self.adapter();
+            let Some(a) = guard.as_mut() else { return };
+            if force.is_none() && !a.solve_due() {
+                return;
+            }
+            a.solve(&self.plans.table(), force)
+        };
+        match decision {
+            Some(Decision::Switch(table, replan)) => {
+                *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some((table, replan));
+            }
+            Some(Decision::Refresh(table)) => self.plans.set(table),
+            None => {}
+        }
+    }
+
+    /// Between batches: re-plan when due, adopt a prepared table, save the live profile.
+    pub fn between_batches(&self) {
+        if !self.adapts() {
+            return;
+        }
+        self.solve(None);
+        self.apply_pending();
+        if let Some(a) = self.adapter().as_mut() {
+            a.save(false);
+        }
+    }
+
+    /// `systemctl reload`: re-plans from the live profile. False when this model does not adapt.
+    pub fn replan_now(&self) -> bool {
+        if !self.adapts() {
+            return false;
+        }
+        self.solve(Some(Reason::Reload));
+        self.apply_pending();
+        true
+    }
+
+    /// Called while no job waits: does one piece of background work — an idle-gap measurement
+    /// that fits the delay bound. Returns false when there is nothing to do now.
+    pub fn idle_step(&self, queue: &JobQueue, busy: &Busy) -> bool {
+        self.between_batches();
+        let probe = {
+            let mut guard = self.adapter();
+            let Some(a) = guard.as_mut() else {
+                return false;
+            };
+            let bound = a.probe_bound_ms(&self.plans.table());
+            match a.next_probe(bound) {
+                Some(p) => p,
+                None => return false,
+            }
+        };
+        let Ok(layout) = crate::profiler::co_located(&self.topo, probe.threads) else {
+            return false;
+        };
+        let k = layout.len();
+        let Some(set) = self
+            .pool()
+            .warm(&layout)
+            .or_else(|| self.probe_pool.warm(&layout))
+        else {
+            self.prepare_in_background(self.probe_pool.clone(), vec![layout], None);
+            return false;
+        };
+        // Last look: a job that arrived meanwhile goes first.
+        if !queue.is_empty() {
+            return false;
+        }
+        self.probe(&set, &probe, k, busy)
+    }
+
+    fn probe(&self, set: &InstanceSet, probe: &Probe, k: usize, busy: &Busy) -> bool {
+        let inputs = self.model().example_inputs((probe.batch * k) as i64);
+        busy.set(true);
+        let t0 = Instant::now();
+        let res = set.run(&inputs, &vec![probe.batch; k]);
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        busy.set(false);
+        match res {
+            Ok(_) => {
+                log::debug!(
+                    "model {}: idle-gap {}{}×(t={}, b={}): {ms:.2} ms (expected {:.2})",
+                    self.name(),
+                    if probe.warm_up { "warm-up " } else { "" },
+                    k,
+                    probe.threads,
+                    probe.batch,
+                    probe.expected_ms
+                );
+                if let Some(a) = self.adapter().as_mut() {
+                    a.probed(probe, ms);
+                }
+                true
+            }
+            Err(e) => {
+                log::warn!("model {}: idle-gap measurement failed: {e:#}", self.name());
+                false
+            }
+        }
+    }
+
+    /// Live instance threads (tids, cores, thread counts), most recently used set first.
+    pub fn instance_infos(&self) -> Vec<InstanceInfo> {
+        self.pool().infos()
+    }
+
+    pub fn last_plan(&self) -> Option<Plan> {
+        self.plans.last()
+    }
+
+    /// (median signed, median absolute) prediction error of recent batches, in %.
+    pub fn prediction_errors(&self) -> (Option<f64>, Option<f64>) {
+        let d = self.drift.lock().unwrap_or_else(|p| p.into_inner());
+        (d.recent_error_pct(), d.abs_error_pct(20))
+    }
+
+    pub fn adapt_status(&self) -> Option<AdaptStatus> {
+        let table = self.plans.table();
+        self.adapter().as_ref().map(|a| a.status(&table))
+    }
+
+    pub fn precision(&self) -> PrecisionStatus {
+        self.precision
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_starts(&self) -> SetStarts {
+        let (on_dispatch, ahead) = self.pool().starts();
+        SetStarts { ahead, on_dispatch }
+    }
+
+    pub fn static_shapes(&self) -> Vec<Specialized> {
+        self.specialized
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Readies a new instance set for the sub-batch shapes `table` gives its layout, smallest batch
+/// first (see [`crate::engine::Session::specialize`]), and records what the engine found. An
+/// engine that fails to specialize keeps serving through its general path: a warning, not an
+/// error.
+fn specialize_set(
+    name: &str,
+    table: &PlanTable,
+    model: &Model,
+    set: &InstanceSet,
+    found: &Mutex<Vec<Specialized>>,
+) -> Result<()> {
+    for plan in table.plans.iter().filter(|p| layout(p) == set.layout) {
+        let inputs = model.example_inputs(plan.batch as i64);
+        match set.specialize(&inputs, &plan.shares()) {
+            Ok(done) => {
+                for s in &done {
+                    log::info!(
+                        "model {name}: {} thread(s), sub-batch {}: static shape {:.2} ms, dynamic {:.2} ms, paired ratio {:.3} (compiled in {:.0} ms): {}",
+                        s.threads,
+                        s.batch,
+                        s.static_ms,
+                        s.dynamic_ms,
+                        s.ratio,
+                        s.compile_ms,
+                        if s.kept { "static kept" } else { "dynamic kept" }
+                    );
+                }
+                found.lock().unwrap_or_else(|p| p.into_inner()).extend(done);
+            }
+            Err(e) => {
+                log::warn!("model {name}: serving with dynamic shapes only: {e:#}");
+                break;
+            }
+        }
+    }
+    Ok(())
+}
