@@ -210,4 +210,5 @@ with open(os.path.join(args.out, "swap.json"), "w") as f:
 print(json.dumps({k: v for k, v in result.items() if k != "versions"}, indent=2))
 lost = len(submitted) - len(seen) - len(failed)
 print(f"jobs: {len(submitted)} submitted, {len(seen)} outputs, {len(failed)} failed, {lost} lost")
+shutil.copy(log.name, os.path.join(args.out, "agent.log"))
 shutil.rmtree(root, ignore_errors=True)

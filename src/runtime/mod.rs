@@ -109,7 +109,7 @@ pub struct ModelRuntime {
     /// Built and warm, waiting for the dispatcher to switch to it.
     staged: Mutex<Option<(Arc<ModelVersion>, Instant)>>,
     /// The version last switched away from, until its last batch lets go of it.
-    retiring: Mutex<Weak<ModelVersion>>,
+    retiring: Mutex<Option<(String, Weak<ModelVersion>)>>,
     /// The config of the next version to build, and whether a loader thread runs.
     next: Mutex<Option<ModelConfig>>,
     loading: AtomicBool,
@@ -128,7 +128,7 @@ impl ModelRuntime {
             lifecycle: Mutex::new(Lifecycle::new(&version.label)),
             serving: RwLock::new(Arc::new(version)),
             staged: Mutex::new(None),
-            retiring: Mutex::new(Weak::new()),
+            retiring: Mutex::new(None),
             next: Mutex::new(None),
             loading: AtomicBool::new(false),
             spool,
@@ -251,11 +251,22 @@ impl ModelRuntime {
         self.retiring
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .upgrade()
-            .is_some()
+            .as_ref()
+            .is_some_and(|(_, w)| w.strong_count() > 0)
     }
 
     fn load_one(&self, cfg: ModelConfig) {
+        // Loading and optimising a model is CPU work beside the serving instances: let them
+        // go first (raising one's own nice value needs no privilege; the instance threads the
+        // load starts are new threads at the process's priority).
+        // SAFETY: setpriority on this thread's own tid.
+        unsafe {
+            nix::libc::setpriority(
+                nix::libc::PRIO_PROCESS,
+                nix::unistd::gettid().as_raw() as u32,
+                10,
+            )
+        };
         let label = load::label(&cfg);
         let source = match (&cfg.versions, cfg.source.path()) {
             (Some(_), Some(file)) => file.parent().unwrap_or(file).display().to_string(),
@@ -327,7 +338,8 @@ impl ModelRuntime {
             new.label,
             old.label
         );
-        *self.retiring.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(&old);
+        *self.retiring.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((old.label.clone(), Arc::downgrade(&old)));
         drop(old);
         self.reap();
         true
@@ -336,12 +348,15 @@ impl ModelRuntime {
     /// Once the version switched away from is gone, gives its memory back to the system.
     pub fn reap(&self) {
         let mut retiring = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
-        if retiring.strong_count() == 0 && retiring.weak_count() > 0 {
-            *retiring = Weak::new();
-            // glibc keeps freed arenas for reuse: hand them back so RSS falls to one version.
+        let gone = retiring
+            .as_ref()
+            .is_some_and(|(_, w)| w.strong_count() == 0);
+        if let Some((label, _)) = retiring.take_if(|_| gone) {
+            // glibc keeps what the instance threads freed in their arenas: hand it back, so
+            // RSS falls to one version's.
             // SAFETY: malloc_trim only walks glibc's own heap metadata.
             unsafe { nix::libc::malloc_trim(0) };
-            log::debug!("model {}: old version unloaded", self.name);
+            log::info!("model {}: version {label} unloaded", self.name);
         }
     }
 
@@ -467,8 +482,9 @@ impl ModelRuntime {
                 self.retiring
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .upgrade()
-                    .map(|r| r.label.clone()),
+                    .as_ref()
+                    .filter(|(_, w)| w.strong_count() > 0)
+                    .map(|(l, _)| l.clone()),
             )
             .chain(versions.loading.clone())
             .collect();
