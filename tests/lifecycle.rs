@@ -539,8 +539,10 @@ fn a_model_added_and_one_removed_by_sighup_under_load() {
             state.display()
         );
         for n in names {
+            // n plans `auto` with no cached profile: added beside m, it must not profile.
+            let plan = if *n == "n" { "auto" } else { "baseline" };
             text.push_str(&format!(
-                "[[model]]\nname = \"{n}\"\nsource = \"builtin:tiny_cnn\"\nplan = \"baseline\"\n"
+                "[[model]]\nname = \"{n}\"\nsource = \"builtin:tiny_cnn\"\nplan = \"{plan}\"\n"
             ));
         }
         text
@@ -635,7 +637,19 @@ fn a_model_added_and_one_removed_by_sighup_under_load() {
     let gap = longest_gap(&m_outs);
     assert!(gap < Duration::from_millis(1000), "m paused for {gap:?}");
     assert_eq!(agent.pid(), pid);
+    // n started on the baseline and measures its own profile in idle gaps.
+    let st = agent.status_when(|s| {
+        s["models"][0]["adapt"]["live"]["active_samples"]
+            .as_u64()
+            .is_some_and(|n| n > 0)
+    });
+    assert_eq!(st["models"][0]["name"], "n");
     let log = agent.log();
+    assert!(log.contains("adapts from a seed profile"), "{log}");
+    assert!(
+        !log.contains("profiling n: point"),
+        "n was profiled while m served: {log}"
+    );
     assert!(log.contains("model n: added"), "{log}");
     assert!(log.contains("model m: removed"), "{log}");
 }

@@ -154,6 +154,32 @@ fn plan_beside(
     }
 }
 
+/// Loads `cfg`'s model on a thread of its own that yields to the serving instances: nice 10
+/// and one intra-op thread. Loading, freezing and optimising a model is seconds of CPU work;
+/// on a busy node it must not take the cores from the batches being served. A thread of its
+/// own, because threads inherit their creator's nice value and an unprivileged thread cannot
+/// lower it again: the new version's instance threads are started later, from the loader,
+/// at the process's priority.
+fn load_yielding(cfg: &ModelConfig) -> Result<Resolved> {
+    std::thread::scope(|s| {
+        let loading = std::thread::Builder::new()
+            .name("pr-load-model".into())
+            .spawn_scoped(s, || {
+                // SAFETY: setpriority on this thread's own tid; raising nice needs no privilege.
+                let tid = nix::unistd::gettid().as_raw() as nix::libc::id_t;
+                unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, tid, 10) };
+                // Read first, so this thread keeps its own count (DESIGN §2), then set it.
+                let _ = tch::get_num_threads();
+                tch::set_num_threads(1);
+                resolve(cfg)
+            })
+            .context("cannot spawn a thread to load the model")?;
+        loading
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("loading the model panicked")))
+    })
+}
+
 /// Loads, checks, plans and warms a new version beside `serving` (None: a model added while
 /// others serve). Any failure is the version's: it is refused and nothing else changes.
 pub fn beside(
@@ -161,7 +187,7 @@ pub fn beside(
     place: &Place,
     serving: Option<&ModelVersion>,
 ) -> Result<ModelVersion> {
-    let resolved = resolve(&cfg).context("cannot load it")?;
+    let resolved = load_yielding(&cfg).context("cannot load it")?;
     let (table, adapter) = plan_beside(&cfg, &resolved, place, serving)?;
     let version = ModelVersion::new(
         cfg.clone(),
@@ -174,5 +200,73 @@ pub fn beside(
     version
         .warm_up()
         .context("it does not run a warm-up batch of the configured inputs")?;
+    if cfg.plan == PlanChoice::Auto && cfg.adapt.enabled && !version.adapts() {
+        match seed(&cfg, &version, place) {
+            Ok(adapter) => {
+                log::info!(
+                    "model {}: version {} adapts from a seed profile: its idle gaps measure the rest",
+                    cfg.name,
+                    version.label
+                );
+                version.set_adapter(Some(adapter));
+            }
+            Err(e) => log::warn!("model {}: not adapting ({e:#})", cfg.name),
+        }
+    }
     Ok(version)
+}
+
+/// How much worse than the linear guess a point the seed did not measure is assumed to be:
+/// the DP then keeps the measured baseline until online adaptation has measured better.
+const SEED_PESSIMISM: f64 = 1.5;
+
+/// The adapter of an `auto` version with no profile to start from (a model added by a reload,
+/// or a version with other inputs, beside models that serve: never a profiling pause). It
+/// starts from the one thing measured here, the baseline's max_batch latency on the warm
+/// instances: linear in the batch on all cores, [`SEED_PESSIMISM`] × linear in threads below.
+/// The live profile's points are priors to be measured in idle gaps, like a profile's; a live
+/// profile the model left under the same key (it was served before) is restored instead.
+fn seed(cfg: &ModelConfig, version: &ModelVersion, place: &Place) -> Result<Adapter> {
+    let b_max = cfg.max_batch;
+    let xs = version.model().example_inputs(b_max as i64);
+    let mut best = f64::INFINITY;
+    for _ in 0..2 {
+        let (_, took) = version.run_batch(&xs, b_max)?;
+        best = best.min(took.as_secs_f64() * 1e3);
+    }
+    let cores = place.topo.len();
+    let points = crate::planner::profile::targets(cores, b_max)
+        .into_iter()
+        .flat_map(|(t, bs)| {
+            bs.into_iter().map(move |b| {
+                let linear = best * b as f64 / b_max as f64 * cores as f64 / t as f64;
+                let guess = if t == cores {
+                    linear
+                } else {
+                    linear * SEED_PESSIMISM
+                };
+                crate::planner::profile::Point::new(t, b, guess)
+            })
+        })
+        .collect();
+    let profile = ProfileFile {
+        model: cfg.name.clone(),
+        cores,
+        machine: None,
+        source: Some("seed".into()),
+        framework: None,
+        units: None,
+        co_located: true,
+        key: profile_key(cfg, version.model().precision, &place.topo).ok(),
+        points,
+    };
+    let (adapter, _) = Adapter::new(
+        &profile,
+        &profile_path(&place.state_dir, &cfg.name),
+        &place.state_dir,
+        place.topo.clone(),
+        cfg.adapt.clone(),
+        b_max,
+    );
+    Ok(adapter)
 }

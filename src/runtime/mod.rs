@@ -256,17 +256,6 @@ impl ModelRuntime {
     }
 
     fn load_one(&self, cfg: ModelConfig) {
-        // Loading and optimising a model is CPU work beside the serving instances: let them
-        // go first (raising one's own nice value needs no privilege; the instance threads the
-        // load starts are new threads at the process's priority).
-        // SAFETY: setpriority on this thread's own tid.
-        unsafe {
-            nix::libc::setpriority(
-                nix::libc::PRIO_PROCESS,
-                nix::unistd::gettid().as_raw() as u32,
-                10,
-            )
-        };
         let label = load::label(&cfg);
         let source = match (&cfg.versions, cfg.source.path()) {
             (Some(_), Some(file)) => file.parent().unwrap_or(file).display().to_string(),

@@ -223,7 +223,7 @@ impl ModelVersion {
         self.adapter.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn adapts(&self) -> bool {
+    pub fn adapts(&self) -> bool {
         self.adapter().is_some()
     }
 
