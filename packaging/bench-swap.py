@@ -46,11 +46,15 @@ state = os.path.join(root, "state")
 os.makedirs(versions)
 
 
+wall = {}  # version -> wall-clock time its folder appeared (to line up with the journal)
+
+
 def publish(n):
     tmp = os.path.join(versions, f".{n}.tmp")
     os.makedirs(tmp)
     shutil.copyfile(args.model, os.path.join(tmp, "model.pt"))
     os.rename(tmp, os.path.join(versions, str(n)))
+    wall[str(n)] = time.time()
     return time.monotonic()
 
 
@@ -195,6 +199,7 @@ for k, (v, t) in enumerate(swaps):
             "p99_ms": pct(win, 99),
             "p99_over_steady": pct(win, 99) / result["steady_p99_ms"],
             "first_output_s": first - t,
+            "appeared_unix": wall.get(v),
             "rss_before_mib": float(np.median([m for s, m in rss if t - 10 <= s < t] or [np.nan])),
             "rss_peak_mib": max([m for s, m in rss if t <= s < t + 10] or [np.nan]),
             "rss_after_mib": float(np.median([m for s, m in rss if t + 15 <= s < after_end] or [np.nan])),
