@@ -12,26 +12,6 @@ use common::*;
 use std::time::Duration;
 use tch::{Kind, Tensor};
 
-/// Generates the test models into a temp dir with the test venv's Python.
-fn models() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let python = std::env::var("PACKRAT_TEST_PYTHON").unwrap_or_else(|_| ".venv/bin/python".into());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/make_onnx.py");
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg(dir.path())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("{python}: {e} (run ./packaging/test.sh, which makes the venv)")
-        });
-    assert!(
-        out.status.success(),
-        "make_onnx.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir
-}
-
 fn load(path: &Path) -> Vec<(String, Tensor)> {
     read(path)
 }
@@ -51,7 +31,7 @@ fn onnx_agent(models: &Path, file: &str, extra: &str) -> Agent {
 
 #[test]
 fn an_onnx_model_serves_every_format_and_batch_size_like_the_reference() {
-    let m = models();
+    let m = onnx_models();
     let agent = onnx_agent(
         m.path(),
         "cnn.onnx",
@@ -74,7 +54,7 @@ fn an_onnx_model_serves_every_format_and_batch_size_like_the_reference() {
 
 #[test]
 fn several_inputs_and_outputs_go_by_name() {
-    let m = models();
+    let m = onnx_models();
     let agent = onnx_agent(
         m.path(),
         "two.onnx",
@@ -111,7 +91,7 @@ fn serve_exit(config: &Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
 
 #[test]
 fn models_and_runtimes_that_cannot_load_are_config_errors() {
-    let m = models();
+    let m = onnx_models();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
     let source = |f: &str| m.path().join(f).display().to_string();
@@ -171,7 +151,7 @@ fn onnx_runtime_threads_stay_on_their_instances_cores() {
     let cpus = allowed_cpus();
     assert!(cpus.len() >= 2, "this test needs two CPUs, has {cpus:?}");
     let (c0, c1) = (cpus[0], cpus[1]);
-    let m = models();
+    let m = onnx_models();
     // One instance with two threads: the instance thread keeps c0, ONNX Runtime's one pool
     // thread gets c1.
     let agent = onnx_agent(
@@ -224,7 +204,7 @@ fn openvino_agent(models: &Path, file: &str, extra: &str) -> Agent {
 
 #[test]
 fn openvino_serves_onnx_and_ir_models_in_f32_and_in_what_the_cpu_computes_for_bf16() {
-    let m = models();
+    let m = onnx_models();
     let (x, want) = cnn_case(m.path(), 3);
     for file in ["cnn.onnx", "cnn.xml"] {
         let agent = openvino_agent(m.path(), file, "plan = \"baseline\"");
@@ -270,7 +250,7 @@ fn openvino_serves_onnx_and_ir_models_in_f32_and_in_what_the_cpu_computes_for_bf
 
 #[test]
 fn openvino_runtimes_that_cannot_load_are_config_errors() {
-    let m = models();
+    let m = onnx_models();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
     let src = m.path().join("cnn.onnx").display().to_string();
@@ -308,7 +288,7 @@ fn openvino_threads_inherit_their_instances_cores() {
     let cpus = allowed_cpus();
     assert!(cpus.len() >= 2, "this test needs two CPUs, has {cpus:?}");
     let (c0, c1) = (cpus[0], cpus[1]);
-    let m = models();
+    let m = onnx_models();
     let agent = openvino_agent(
         m.path(),
         "cnn.onnx",
@@ -340,7 +320,7 @@ fn openvino_threads_inherit_their_instances_cores() {
 
 #[test]
 fn openvino_weighs_static_shapes_at_warm_up_and_serves_the_same_outputs() {
-    let m = models();
+    let m = onnx_models();
     // Every sub-batch size of the table (max_batch 8) is weighed once per instance, before READY.
     let agent = openvino_agent(
         m.path(),
@@ -392,7 +372,7 @@ fn openvino_weighs_static_shapes_at_warm_up_and_serves_the_same_outputs() {
 
 #[test]
 fn auto_precision_picks_bf16_only_where_it_is_harmless_and_faster_on_this_cpu() {
-    let m = models();
+    let m = onnx_models();
     // bf16_min_speedup = 0: this test is about the drift guard (a model this small need not
     // run faster in bf16); the speed rule is checked below with a ratio no CPU can reach.
     let benign = openvino_agent(
@@ -458,7 +438,7 @@ fn auto_precision_picks_bf16_only_where_it_is_harmless_and_faster_on_this_cpu() 
 
 #[test]
 fn auto_precision_falls_back_to_f32_when_a_real_job_drifts() {
-    let m = models();
+    let m = onnx_models();
     let agent = onnx_agent(
         m.path(),
         "trap.onnx",
@@ -541,7 +521,7 @@ fn libtorch_bf16_serves_what_this_cpu_computes_natively() {
 
 #[test]
 fn a_hung_forward_pass_stops_the_watchdog_pings() {
-    let m = models();
+    let m = onnx_models();
     let mut notify = NotifySocket::bind();
     let source = m.path().join("hang.onnx").display().to_string();
     let agent = Agent::start_full(

@@ -9,7 +9,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -433,26 +432,6 @@ fn broken_versions_are_refused_with_the_reason_and_the_old_one_serves_on() {
         )),
         "{metrics}"
     );
-}
-
-/// The ONNX test models (make_onnx.py), one folder of versions per engine test.
-fn onnx_models() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let python = std::env::var("PACKRAT_TEST_PYTHON").unwrap_or_else(|_| ".venv/bin/python".into());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/make_onnx.py");
-    let out = Command::new(&python)
-        .arg(&script)
-        .arg(dir.path())
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("{python}: {e} (run ./packaging/test.sh, which makes the venv)")
-        });
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir
 }
 
 /// Two swaps under load on an engine that reads `model.onnx`.

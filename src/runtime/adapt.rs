@@ -191,26 +191,7 @@ impl Adapter {
         });
         let was_restored = restored.is_some();
         let live = restored.unwrap_or_else(|| LiveProfile::from_profile(profile, max_batch));
-        let adapter = Adapter {
-            live,
-            path,
-            topo,
-            cfg,
-            max_batch,
-            mix: vec![0.0; max_batch],
-            moved: 0.0,
-            moved_by: None,
-            last_solve: Instant::now(),
-            last_save: Instant::now(),
-            unsaved: false,
-            round_since: None,
-            round_asked: None,
-            probing_for: Reason::NewPoints,
-            shapes_run: HashSet::new(),
-            replans: BTreeMap::new(),
-            last_replan: None,
-            menu: MenuReport::default(),
-        };
+        let adapter = Adapter::from_live(live, path, topo, cfg, max_batch);
         (adapter, was_restored)
     }
 
@@ -454,24 +435,46 @@ impl Adapter {
         let mut live = self.live.clone();
         live.key = key;
         Adapter {
-            live,
-            path: self.path.clone(),
-            topo: self.topo.clone(),
-            cfg: self.cfg.clone(),
-            max_batch: self.max_batch,
             mix: self.mix.clone(),
+            unsaved: true,
+            menu: self.menu.clone(),
+            ..Adapter::from_live(
+                live,
+                self.path.clone(),
+                self.topo.clone(),
+                self.cfg.clone(),
+                self.max_batch,
+            )
+        }
+    }
+
+    /// A fresh adapter on `live`: nothing solved, nothing saved, no shape run yet.
+    fn from_live(
+        live: LiveProfile,
+        path: PathBuf,
+        topo: Topology,
+        cfg: Adapt,
+        max_batch: usize,
+    ) -> Adapter {
+        Adapter {
+            live,
+            path,
+            topo,
+            cfg,
+            max_batch,
+            mix: vec![0.0; max_batch],
             moved: 0.0,
             moved_by: None,
             last_solve: Instant::now(),
             last_save: Instant::now(),
-            unsaved: true,
+            unsaved: false,
             round_since: None,
             round_asked: None,
             probing_for: Reason::NewPoints,
             shapes_run: HashSet::new(),
             replans: BTreeMap::new(),
             last_replan: None,
-            menu: self.menu.clone(),
+            menu: MenuReport::default(),
         }
     }
 

@@ -427,3 +427,23 @@ pub fn host_has_bf16_units() -> bool {
         .iter()
         .any(|f| f == "avx512_bf16" || f == "amx_bf16")
 }
+
+/// Generates the test models into a temp dir with the test venv's Python.
+pub fn onnx_models() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let python = std::env::var("PACKRAT_TEST_PYTHON").unwrap_or_else(|_| ".venv/bin/python".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/make_onnx.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(dir.path())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{python}: {e} (run ./packaging/test.sh, which makes the venv)")
+        });
+    assert!(
+        out.status.success(),
+        "make_onnx.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
