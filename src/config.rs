@@ -54,6 +54,8 @@ pub mod defaults {
     /// Without `max_probe_delay_ms`: an idle-gap measurement may hold up a job that arrives
     /// meanwhile by at most this many times the B=1 plan's predicted latency.
     pub const PROBE_DELAY_B1_FACTOR: f64 = 2.0;
+    /// Exploration under load may cost at most this % of serving time (0: never explore).
+    pub const EXPLORE_BUDGET_PCT: f64 = 1.0;
     /// Instance layouts kept warm per model (each layout is a set of sessions).
     pub const MAX_LAYOUTS: usize = 8;
     /// Dynamic batching off: run what is waiting, never wait for more.
@@ -91,6 +93,9 @@ pub mod defaults {
     }
     pub fn max_layouts() -> usize {
         MAX_LAYOUTS
+    }
+    pub fn explore_budget_pct() -> f64 {
+        EXPLORE_BUDGET_PCT
     }
     pub fn max_batch_delay_ms() -> f64 {
         MAX_BATCH_DELAY_MS
@@ -144,6 +149,8 @@ struct RawModel {
     #[serde(default = "defaults::reprofile_interval_s")]
     reprofile_interval_s: f64,
     max_probe_delay_ms: Option<f64>,
+    #[serde(default = "defaults::explore_budget_pct")]
+    explore_budget_pct: f64,
     #[serde(default = "defaults::max_layouts")]
     max_layouts: usize,
     #[serde(default = "defaults::max_batch_delay_ms")]
@@ -229,6 +236,9 @@ pub struct Adapt {
     pub reprofile_interval_s: f64,
     /// The longest an idle-gap measurement may run (None: twice the B=1 plan's latency).
     pub max_probe_delay_ms: Option<f64>,
+    /// Under load, points idle gaps cannot measure are measured on real batches run on another
+    /// layout, at an extra cost of at most this % of serving time (0: never).
+    pub explore_budget_pct: f64,
     pub max_layouts: usize,
 }
 
@@ -491,6 +501,16 @@ fn model(i: usize, m: RawModel, cores: Option<&[usize]>) -> Result<ModelConfig, 
     if let Some(d) = m.max_probe_delay_ms {
         positive("max_probe_delay_ms", d, "20")?;
     }
+    if !(m.explore_budget_pct.is_finite() && (0.0..=50.0).contains(&m.explore_budget_pct)) {
+        return refuse(
+            f("explore_budget_pct"),
+            format!("{} is not between 0 and 50 %", m.explore_budget_pct),
+            format!(
+                "leave it out ({}) or write e.g. explore_budget_pct = 2 (0: never explore under load)",
+                defaults::EXPLORE_BUDGET_PCT
+            ),
+        );
+    }
     if !(m.max_batch_delay_ms.is_finite() && (0.0..=60_000.0).contains(&m.max_batch_delay_ms)) {
         return refuse(
             f("max_batch_delay_ms"),
@@ -535,6 +555,7 @@ fn model(i: usize, m: RawModel, cores: Option<&[usize]>) -> Result<ModelConfig, 
             enabled: m.adapt,
             reprofile_interval_s: m.reprofile_interval_s,
             max_probe_delay_ms: m.max_probe_delay_ms,
+            explore_budget_pct: m.explore_budget_pct,
             max_layouts: m.max_layouts,
         },
         max_batch_delay_ms: m.max_batch_delay_ms,
@@ -876,6 +897,7 @@ mod tests {
             ("source = \"builtin:tiny_cnn\"\nprofile_budget_s = -1.0", "model[0].profile_budget_s", "positive"),
             ("source = \"builtin:tiny_cnn\"\nreprofile_interval_s = 0.0", "model[0].reprofile_interval_s", "positive"),
             ("source = \"builtin:tiny_cnn\"\nmax_probe_delay_ms = -5.0", "model[0].max_probe_delay_ms", "positive"),
+            ("source = \"builtin:tiny_cnn\"\nexplore_budget_pct = 80.0", "model[0].explore_budget_pct", "between 0 and 50"),
             ("source = \"builtin:tiny_cnn\"\nmax_batch_delay_ms = -1.0", "model[0].max_batch_delay_ms", "between"),
             ("source = \"builtin:tiny_cnn\"\nmax_layouts = 0", "model[0].max_layouts", "out of range"),
             ("source = \"builtin:tiny_cnn\"\nstatic_shapes = 2", "model[0].static_shapes", "no static shapes"),

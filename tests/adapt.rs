@@ -291,10 +291,11 @@ fn a_batch_size_shift_starts_no_instance_set_and_runs_each_size_with_its_plan() 
             assert_eq!(summary, table[items - 1].summary(), "{line}");
             seen += 1;
         }
-        assert_eq!(seen, n, "one logged batch per job");
+        let explored = log.matches("exploration batch of ").count();
+        assert_eq!(seen + explored, n, "one logged batch per job");
     }
     assert!(agent.files("failed").is_empty());
-    assert_eq!(agent.files("out").len(), n as usize);
+    assert_eq!(agent.files("out").len(), n);
 }
 
 /// `max_batch_delay_ms`: single-item jobs that arrive close together are run as one batch when
@@ -331,4 +332,221 @@ fn a_batch_delay_coalesces_jobs_that_arrive_close_together() {
     assert_eq!(batches(0), vec![1, 1, 1, 1]);
     // Waiting up to 1 s for more gathers all four (120 ms apart at most).
     assert_eq!(batches(1000), vec![4]);
+}
+
+/// Exploration under load, the scenario of a busy node: the 1-thread points told 3× slower
+/// than this host runs them, the agent never able to measure in an idle gap (the idle-gap
+/// bound is too short for any point) and always given work (4 jobs of 1–16 items
+/// outstanding, closed loop). Passive samples alone would never see a 1-thread layout again;
+/// exploration batches must measure them back and the plan must follow what was measured —
+/// with every job's output equal to a clean run's. By construction (a 3× error against the
+/// ±30 % this host drifts), not by how much faster one layout happens to be here.
+#[test]
+fn a_wrong_profile_is_corrected_under_sustained_load_without_idle_gaps() {
+    let _alone = alone();
+    let extra = "profile_budget_s = 15\nprecision = \"f32\"\nmax_probe_delay_ms = 0.001";
+    let mut agent = Agent::configured(None, "", "builtin:resnet18", extra);
+    fs::write(
+        &agent.config,
+        fs::read_to_string(&agent.config)
+            .unwrap()
+            .replace("max_batch = 8", "max_batch = 16"),
+    )
+    .unwrap();
+    let fresh = profile(&agent);
+    let truth = fresh.curve().unwrap();
+    let topo = packrat::planner::topology::usable(None).unwrap();
+    let best = PlanTable::from_curve(&truth, &topo, 16).unwrap();
+    let mut wrong = fresh.clone();
+    for p in &mut wrong.points {
+        if p.threads == 1 {
+            p.latency_ms *= 3.0;
+        }
+    }
+    wrong.save(&agent.state().join("profiles/m.json")).unwrap();
+    let wrong_table = PlanTable::from_curve(&wrong.curve().unwrap(), &topo, 16).unwrap();
+    assert!(
+        wrong_table
+            .plans
+            .iter()
+            .all(|p| p.instances.iter().all(|i| i.threads != 1)),
+        "precondition: at 3× the wrong profile steers every size away from 1 thread: {:?}",
+        wrong_table.plans
+    );
+    // The 1-thread grid points: each must be measured back.
+    let grid: Vec<usize> = packrat::planner::profile::targets(topo.len(), 16)
+        .into_iter()
+        .find(|(t, _)| *t == 1)
+        .map(|(_, bs)| bs)
+        .unwrap();
+    // Back near the fresh profile (within 1.6×; they were told 3×), each backed by more
+    // samples than the prior's weight. Not closer: on 2 vCPUs under load a point drifts
+    // ±30 % (sometimes 2×) from what the profiler saw minutes before — every layout, not
+    // the corrected ones only; BENCHMARKS.md reports how close they came.
+    let measured_back = |st: &serde_json::Value| -> Vec<usize> {
+        let Some(points) = st["models"][0]["adapt"]["points"].as_array() else {
+            return Vec::new();
+        };
+        grid.iter()
+            .copied()
+            .filter(|&b| {
+                let f = fresh
+                    .points
+                    .iter()
+                    .find(|p| p.threads == 1 && p.batch == b)
+                    .map_or(f64::NAN, |p| p.latency_ms);
+                points.iter().any(|q| {
+                    q["threads"] == 1
+                        && q["batch"] == b
+                        && q["samples"].as_u64().unwrap_or(0) > 3
+                        && q["estimate_ms"]
+                            .as_f64()
+                            .is_some_and(|e| e < f * 1.6 && e > f / 1.6)
+                })
+            })
+            .collect()
+    };
+    // How much slower the table in force is, over every size, than the optimum on what the
+    // agent measured (its live profile), and its B=16 plan than the fresh profile's optimum.
+    let excess = |st: &serde_json::Value| -> (f64, f64) {
+        let points: Vec<serde_json::Value> = st["models"][0]["adapt"]["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| serde_json::json!({"threads": p["threads"], "batch": p["batch"], "latency_ms": p["estimate_ms"]}))
+            .collect();
+        let live: ProfileFile = serde_json::from_value(
+            serde_json::json!({"model": "m", "cores": topo.len(), "points": points}),
+        )
+        .unwrap();
+        let live = live.curve().unwrap();
+        let optimum = PlanTable::from_curve(&live, &topo, 16).unwrap();
+        let table = plans(st);
+        let on_live = (1..=16)
+            .map(|b| {
+                evaluate(&table[b - 1], &live).unwrap()
+                    / optimum.for_batch(b).predicted_latency_ms.unwrap()
+                    - 1.0
+            })
+            .sum::<f64>()
+            / 16.0;
+        let b16 = evaluate(&table[15], &truth).unwrap()
+            / best.for_batch(16).predicted_latency_ms.unwrap()
+            - 1.0;
+        (on_live, b16)
+    };
+
+    agent.spawn(&[]);
+    let x = input("resnet18", 16);
+    let want = reference("resnet18", &[x.shallow_clone()]);
+    let mut rng = Rng(11);
+    let mut outstanding: Vec<(String, usize)> = Vec::new();
+    let mut done: Vec<(String, usize, std::path::PathBuf)> = Vec::new();
+    let mut n = 0;
+    let t0 = Instant::now();
+    let mut last_look = Instant::now();
+    let mut converged = None;
+    while t0.elapsed() < Duration::from_secs(120) {
+        while outstanding.len() < 4 {
+            let b = 1 + rng.below(16);
+            let name = agent.submit(
+                &format!("j{n}.npy"),
+                &[("input".into(), x.narrow(0, 0, b as i64))],
+            );
+            outstanding.push((name, b));
+            n += 1;
+        }
+        outstanding.retain(|(name, b)| {
+            match packrat::spool::client::wait(&agent.model_dir(), name, Duration::ZERO) {
+                Ok(packrat::spool::client::Outcome::Output(p)) => {
+                    done.push((name.clone(), *b, p));
+                    false
+                }
+                Ok(packrat::spool::client::Outcome::Failed(why)) => panic!("{name}: {why}"),
+                Err(_) => true,
+            }
+        });
+        std::thread::sleep(Duration::from_millis(2));
+        if last_look.elapsed() > Duration::from_secs(2) {
+            last_look = Instant::now();
+            let st = agent.status();
+            let (on_live, b16) = excess(&st);
+            if measured_back(&st).len() == grid.len() && on_live < 0.05 {
+                eprintln!(
+                    "B=16: {:.1} % over the fresh profile's optimum",
+                    b16 * 100.0
+                );
+                converged = Some((t0.elapsed(), st));
+                break;
+            }
+        }
+    }
+    let (took, st) = converged.unwrap_or_else(|| {
+        let st = agent.status();
+        let (on_live, b16) = excess(&st);
+        panic!(
+            "not converged in 120 s of load: 1-thread points measured back {:?} of {grid:?}; the table {:.1} % over the live optimum; B=16 runs {}, {:.1} % over the fresh optimum {}: {st}\n{}",
+            measured_back(&st),
+            on_live * 100.0,
+            plans(&st)[15].summary(),
+            b16 * 100.0,
+            best.for_batch(16).summary(),
+            agent.log()
+        )
+    });
+    let m = &st["models"][0];
+    for q in m["adapt"]["points"].as_array().unwrap() {
+        if let Some(f) = fresh
+            .points
+            .iter()
+            .find(|p| q["threads"] == p.threads && q["batch"] == p.batch)
+        {
+            eprintln!(
+                "(t={}, b={}): live {:.1} ms ({} samples), fresh {:.1} ms: {:+.0} %",
+                q["threads"],
+                q["batch"],
+                q["estimate_ms"].as_f64().unwrap_or(f64::NAN),
+                q["samples"],
+                f.latency_ms,
+                (q["estimate_ms"].as_f64().unwrap_or(f64::NAN) / f.latency_ms - 1.0) * 100.0
+            );
+        }
+    }
+    eprintln!(
+        "converged under load in {:.0} s: {} exploration batches, {:.0} ms against the plan, {:.2} % of serving spent; B=16 runs {} (fresh optimum {})",
+        took.as_secs_f64(),
+        m["adapt"]["explore"]["batches"],
+        m["adapt"]["explore"]["cost_ms"].as_f64().unwrap_or(f64::NAN),
+        m["adapt"]["explore"]["spent_pct"].as_f64().unwrap_or(f64::NAN),
+        plans(&st)[15].summary(),
+        best.for_batch(16).summary()
+    );
+    // No idle-gap measurement helped: exploration did it, and the plan followed.
+    assert_eq!(m["adapt"]["live"]["active_samples"], 0, "{m}");
+    assert!(m["adapt"]["explore"]["batches"].as_u64().unwrap() > 0);
+    assert!(m["adapt"]["live"]["explored_samples"].as_u64().unwrap() > 0);
+    assert!(
+        plans(&st)
+            .iter()
+            .any(|p| p.instances.iter().any(|i| i.threads == 1)),
+        "re-planned onto 1-thread instances somewhere: {:?}",
+        plans(&st)
+    );
+    assert_eq!(m["instance_sets_started"]["on_dispatch"], 0, "{m}");
+    assert!(agent.log().contains("explored under load"));
+    // Every job ends once, with the output a clean run gives (exploration batches too).
+    for (name, b) in std::mem::take(&mut outstanding) {
+        let p = agent.wait(&name).unwrap();
+        done.push((name, b, p));
+    }
+    assert_eq!(done.len(), n);
+    assert!(agent.files("failed").is_empty());
+    assert_eq!(agent.files("out").len(), n);
+    for (name, b, path) in &done {
+        // One output tensor (an .npy job gets an .npy output).
+        let got = read(path);
+        assert_eq!(got.len(), 1, "{name}");
+        assert_close(&got[0].1, &want[0].1.narrow(0, 0, *b as i64));
+    }
+    assert_eq!(agent.stop(Signal::SIGTERM), 0);
 }

@@ -169,9 +169,29 @@ pub fn run(args: &Args) -> Result<i32> {
                 .map(|s| format!("newest sample {s:.0} s ago"))
                 .unwrap_or_else(|| "nothing measured yet".into());
             println!(
-                "  live profile: {} points, {} measured while serving ({} passive + {} idle-gap samples), {age}",
-                a.live.points, a.live.points_measured, a.live.passive_samples, a.live.active_samples
+                "  live profile: {} points, {} measured while serving ({} passive + {} idle-gap + {} explored samples), {age}",
+                a.live.points,
+                a.live.points_measured,
+                a.live.passive_samples,
+                a.live.active_samples,
+                a.live.explored_samples
             );
+            let x = &a.explore;
+            if x.batches > 0 {
+                let filled: Vec<String> = x
+                    .points_filled
+                    .iter()
+                    .map(|(t, b)| format!("(t={t}, b={b})"))
+                    .collect();
+                println!(
+                    "  explored under load: {} batches, {:+.0} ms against the plan ({:.2} % of serving time spent, budget {} %); points filled: {}",
+                    x.batches,
+                    x.cost_ms,
+                    x.spent_pct,
+                    x.budget_pct,
+                    if filled.is_empty() { "none".into() } else { filled.join(", ") }
+                );
+            }
             let counts: Vec<String> = a.replans.iter().map(|(r, n)| format!("{r} {n}")).collect();
             let last = a
                 .last_replan

@@ -267,7 +267,7 @@ impl Status {
         family(
             "packrat_profile_samples_total",
             "counter",
-            "Timings folded into the live profile: passive (from serving) and active (idle gaps).",
+            "Timings folded into the live profile: passive (from serving), active (idle gaps) and explored (batches run on another layout to measure it under load).",
             per_model(&|m, l| {
                 m.adapt
                     .iter()
@@ -281,8 +281,23 @@ impl Status {
                                 "packrat_profile_samples_total{{{l},kind=\"active\"}} {}",
                                 a.live.active_samples
                             ),
+                            format!(
+                                "packrat_profile_samples_total{{{l},kind=\"explored\"}} {}",
+                                a.live.explored_samples
+                            ),
                         ]
                     })
+                    .collect()
+            }),
+        );
+        family(
+            "packrat_explore_batches_total",
+            "counter",
+            "Batches run on another layout than the plan's to measure live-profile points under load.",
+            per_model(&|m, l| {
+                m.adapt
+                    .iter()
+                    .map(|a| format!("packrat_explore_batches_total{{{l}}} {}", a.explore.batches))
                     .collect()
             }),
         );
@@ -304,7 +319,12 @@ impl Status {
                 ]
             }),
         );
-        let gauges: [(&str, &str, Gauge); 10] = [
+        let gauges: [(&str, &str, Gauge); 11] = [
+            (
+                "packrat_explore_spent_ratio",
+                "What exploration under load cost over the plan's predictions (batches slower than their plan), as a fraction of serving time.",
+                |m| m.adapt.as_ref().map(|a| a.explore.spent_pct / 100.0),
+            ),
             (
                 "packrat_prediction_error_ratio",
                 "Median (measured - predicted) / predicted batch latency of recent batches.",

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::explore::{self, Exploration, ExploreStatus, Explorer};
 use crate::config::{defaults, Adapt};
 use crate::planner::live::{LiveCounts, LiveProfile, PointReport, SampleKind, PRIOR_WEIGHT};
 use crate::planner::menu::{self, MenuReport};
@@ -45,7 +46,8 @@ const MIX_DECAY: f64 = 0.998;
 pub enum Reason {
     /// Serving measured the plan's points off the profile.
     Drift,
-    /// Idle-gap measurements changed points serving does not use.
+    /// Measurements of points the plan does not use (in idle gaps, or exploring under load)
+    /// changed them.
     NewPoints,
     /// The batch-size mix changed which layouts are worth keeping.
     Mix,
@@ -110,6 +112,9 @@ pub struct AdaptStatus {
     /// Every point of the live profile with its sample count, age and spread.
     #[serde(default)]
     pub points: Vec<PointReport>,
+    /// Batches run on another layout to measure points under load.
+    #[serde(default)]
+    pub explore: ExploreStatus,
 }
 
 /// What the adapter proposes after a solve.
@@ -166,6 +171,7 @@ pub struct Adapter {
     replans: BTreeMap<String, u64>,
     last_replan: Option<Replan>,
     menu: MenuReport,
+    explorer: Explorer,
 }
 
 impl Adapter {
@@ -212,25 +218,123 @@ impl Adapter {
         )
     }
 
-    /// Folds one batch in: each instance's time is a sample of its (t, b).
-    pub fn observe(&mut self, plan: &Plan, took: &[Option<Duration>], items: usize) {
+    /// Folds one batch of `items` run on `plan` in: each instance's time (`took`) is a sample
+    /// of its (t, b); `total` is the batch's.
+    pub fn observe(
+        &mut self,
+        plan: &Plan,
+        took: &[Option<Duration>],
+        items: usize,
+        total: Duration,
+    ) {
+        self.count_size(items);
+        self.record_instances(plan, took, SampleKind::Passive);
+        self.explorer.served(total.as_secs_f64() * 1e3);
+    }
+
+    fn count_size(&mut self, items: usize) {
         for x in self.mix.iter_mut() {
             *x *= MIX_DECAY;
         }
         if let Some(m) = self.mix.get_mut(items.clamp(1, self.max_batch) - 1) {
             *m += 1.0;
         }
+    }
+
+    fn record_instances(&mut self, plan: &Plan, took: &[Option<Duration>], kind: SampleKind) {
         let now = unix_now();
         for (inst, dt) in plan.instances.iter().zip(took) {
             if let (Some(dt), true) = (dt, inst.batch > 0) {
                 let ms = dt.as_secs_f64() * 1e3;
-                let moved =
-                    self.live
-                        .record(inst.threads, inst.batch, ms, SampleKind::Passive, now);
-                self.note_move(moved, SampleKind::Passive);
+                let moved = self.live.record(inst.threads, inst.batch, ms, kind, now);
+                self.note_move(moved, kind);
                 self.shapes_run.insert((inst.threads, inst.batch));
             }
         }
+    }
+
+    /// A point to measure on this batch of `items` instead of running `table`'s plan, when exploring
+    /// under load is due (see [`super::explore`]).
+    pub fn explore(&self, items: usize, table: &PlanTable) -> Option<Exploration> {
+        if !self.explorer.may_explore() {
+            return None;
+        }
+        let wanted = self.wanted();
+        explore::choose(
+            &self.live,
+            &wanted,
+            self.topo.len(),
+            items,
+            table,
+            &self.served(),
+        )
+    }
+
+    /// The most items the next batch may coalesce so that it can explore a point only small
+    /// batches reach, when exploring is due (see [`explore::cap`]).
+    pub fn explore_cap(&self, table: &PlanTable) -> Option<usize> {
+        if !self.explorer.may_explore() {
+            return None;
+        }
+        let wanted = self.wanted();
+        explore::cap(&self.live, &wanted, self.topo.len(), table, &self.served())
+    }
+
+    fn wanted(&self) -> Vec<(usize, usize)> {
+        self.live
+            .stale(unix_now(), self.cfg.reprofile_interval_s, self.round_since)
+    }
+
+    /// Batch sizes served lately: more than about one batch in the mix's memory.
+    fn served(&self) -> Vec<usize> {
+        (1..=self.max_batch)
+            .filter(|&n| self.mix[n - 1] >= 0.5)
+            .collect()
+    }
+
+    /// Folds in an exploration batch of `items` run as `layout` (one instance per entry of
+    /// `took`), which took `total`.
+    pub fn explored(
+        &mut self,
+        e: &Exploration,
+        layout: &Plan,
+        took: &[Option<Duration>],
+        items: usize,
+        total: Duration,
+    ) {
+        let before = self
+            .live
+            .point(e.threads, e.batch)
+            .and_then(|p| p.estimate());
+        self.probing_for = if e.never_measured {
+            Reason::NewPoints
+        } else if self.round_since.is_some() {
+            Reason::Drift
+        } else {
+            Reason::Schedule
+        };
+        self.count_size(items);
+        self.record_instances(layout, took, SampleKind::Explored);
+        let point = self.live.point(e.threads, e.batch);
+        let filled = point.is_some_and(|p| p.measured_enough());
+        let ms = total.as_secs_f64() * 1e3;
+        self.explorer.record(e, items, ms, filled, unix_now());
+        log::info!(
+            "model {}: explored under load: {} items on {}×(t={}, b={}) in {ms:.1} ms against the plan's predicted {:.1} ms; (t={}, b={}) {} -> {} ms ({} samples)",
+            self.live.model,
+            items,
+            e.instances,
+            e.threads,
+            e.batch,
+            e.plan_ms,
+            e.threads,
+            e.batch,
+            before.map_or("?".into(), |x| format!("{x:.1}")),
+            point
+                .and_then(|p| p.estimate())
+                .map_or("?".into(), |x| format!("{x:.1}")),
+            point.map_or(0, |p| p.samples_len())
+        );
     }
 
     fn note_move(&mut self, moved: f64, kind: SampleKind) {
@@ -385,6 +489,7 @@ impl Adapter {
     /// Records an idle-gap measurement (or only notes the shape warm, for a warm-up run).
     pub fn probed(&mut self, probe: &Probe, ms: f64) {
         self.shapes_run.insert((probe.threads, probe.batch));
+        self.explorer.idle_probe();
         if probe.warm_up {
             return;
         }
@@ -456,6 +561,7 @@ impl Adapter {
         cfg: Adapt,
         max_batch: usize,
     ) -> Adapter {
+        let explorer = Explorer::new(cfg.explore_budget_pct);
         Adapter {
             live,
             path,
@@ -475,6 +581,7 @@ impl Adapter {
             replans: BTreeMap::new(),
             last_replan: None,
             menu: MenuReport::default(),
+            explorer,
         }
     }
 
@@ -491,6 +598,7 @@ impl Adapter {
             points_pending: fits.len() + too_slow,
             points_too_slow: too_slow,
             points: self.live.reports(unix_now()),
+            explore: self.explorer.status(),
         }
     }
 }

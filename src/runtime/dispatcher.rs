@@ -5,6 +5,8 @@
 //! not to blame for (disk full) holds the job and retries it later; it never fails it.
 //! Between batches it switches to a staged version and lets the serving one re-plan; while
 //! nothing waits it makes the version's idle-gap measurements, one bounded step at a time.
+//! When the version is due to explore a point under load that only small batches reach, a
+//! batch whose first job is that small coalesces no more than the point needs.
 //!
 //! Every job is loaded against the version serving when it is claimed and runs on that
 //! version: a batch never mixes versions. Its output names the version (the extended
@@ -68,7 +70,12 @@ pub(super) fn run(rt: &ModelRuntime) {
                 }
             }
         };
-        let max = first.version.cfg.max_batch;
+        // Exploring a point only small batches reach: keep this one small if it can be.
+        let max = first
+            .version
+            .explore_cap()
+            .filter(|&c| first.items <= c)
+            .unwrap_or(first.version.cfg.max_batch);
         let delay = Duration::from_secs_f64(rt.settings().max_batch_delay_ms / 1e3);
         let deadline = Instant::now() + delay;
         let mut group = vec![first];

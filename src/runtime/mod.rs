@@ -13,6 +13,7 @@
 
 pub mod adapt;
 mod dispatcher;
+pub mod explore;
 pub mod lifecycle;
 pub mod load;
 pub mod plans;

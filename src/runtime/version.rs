@@ -181,13 +181,16 @@ impl ModelVersion {
     /// its latency against the plan's prediction; returns the outputs and the forward time.
     pub fn run_batch(&self, inputs: &[Tensor], items: usize) -> Result<(Outputs, Duration)> {
         let plan = self.plans.for_batch(items);
+        if let Some(done) = self.explore(inputs, items) {
+            return Ok(done);
+        }
         let set = self.pool().get(&layout(&plan))?;
         let t0 = Instant::now();
         let (out, per_instance) = set.run_timed(inputs, &plan.shares())?;
         let took = t0.elapsed();
         let mut adapter = self.adapter();
         if let Some(a) = adapter.as_mut() {
-            a.observe(&plan, &per_instance, items);
+            a.observe(&plan, &per_instance, items, took);
         }
         log::debug!(
             "model {} v{}: batch of {items} ran in {:.2} ms ({})",
@@ -217,6 +220,81 @@ impl ModelVersion {
             );
         }
         Ok((out, took))
+    }
+
+    /// Under load, runs this batch on a layout that measures a point idle gaps could not, when
+    /// one is due ([`super::explore`]). None: run it on the plan — also when the exploration
+    /// cannot run (its layout is started on a helper thread for next time) or fails, so no job
+    /// ever pays for exploring with more than time.
+    fn explore(&self, inputs: &[Tensor], items: usize) -> Option<(Outputs, Duration)> {
+        let table = self.plans.table();
+        let e = self.adapter().as_ref()?.explore(items, &table)?;
+        let specs = crate::profiler::co_located(&self.topo, e.threads).ok()?;
+        let Some(set) = self
+            .pool()
+            .warm(&specs)
+            .or_else(|| self.probe_pool.warm(&specs))
+        else {
+            self.prepare_in_background(self.probe_pool.clone(), vec![specs], None);
+            return None;
+        };
+        let pad = e.padding(items);
+        let padded: Vec<Tensor> = if pad == 0 {
+            inputs.iter().map(Tensor::shallow_clone).collect()
+        } else {
+            let rows = self.model().example_inputs(pad as i64);
+            inputs
+                .iter()
+                .zip(&rows)
+                .map(|(x, r)| Tensor::f_cat(&[x, r], 0))
+                .collect::<Result<_, _>>()
+                .ok()?
+        };
+        let t0 = Instant::now();
+        let res = set.run_timed(&padded, &vec![e.batch; e.instances]);
+        let took = t0.elapsed();
+        let (out, per_instance) = match res {
+            Ok(x) => x,
+            Err(err) => {
+                log::warn!(
+                    "model {}: an exploration batch on {}×{} thread(s) failed ({err:#}); it runs on the plan",
+                    self.name(),
+                    e.instances,
+                    e.threads
+                );
+                return None;
+            }
+        };
+        let out: Outputs = out
+            .into_iter()
+            .map(|(name, t)| t.f_narrow(0, 0, items as i64).map(|t| (name, t)))
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let ran = Plan {
+            batch: e.instances * e.batch,
+            cores: self.topo.len(),
+            predicted_latency_ms: Some(e.expected_ms),
+            baseline_latency_ms: None,
+            instances: specs_planned(&set.layout, e.batch),
+        };
+        log::debug!(
+            "model {} v{}: exploration batch of {items} ran in {:.2} ms ({})",
+            self.name(),
+            self.label,
+            took.as_secs_f64() * 1e3,
+            ran.summary()
+        );
+        if let Some(a) = self.adapter().as_mut() {
+            a.explored(&e, &ran, &per_instance, items, took);
+        }
+        Some((out, took))
+    }
+
+    /// The most items the next batch should hold so that it can explore a point only small
+    /// batches reach, when exploring is due.
+    pub fn explore_cap(&self) -> Option<usize> {
+        let table = self.plans.table();
+        self.adapter().as_ref()?.explore_cap(&table)
     }
 
     fn adapter(&self) -> MutexGuard<'_, Option<Adapter>> {
@@ -469,6 +547,18 @@ impl ModelVersion {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+}
+
+/// `layout` as a plan's instances, each given `batch` items.
+fn specs_planned(layout: &[InstanceSpec], batch: usize) -> Vec<crate::planner::PlannedInstance> {
+    layout
+        .iter()
+        .map(|s| crate::planner::PlannedInstance {
+            threads: s.threads,
+            batch,
+            cores: s.cores.clone(),
+        })
+        .collect()
 }
 
 /// Readies a new instance set for the sub-batch shapes `table` gives its layout, smallest batch

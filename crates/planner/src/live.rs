@@ -36,6 +36,9 @@ pub enum SampleKind {
     Passive,
     /// A point measured in an idle gap.
     Active,
+    /// An instance's share of a batch that served jobs on a layout chosen to measure a point
+    /// (exploration under load).
+    Explored,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -74,6 +77,11 @@ impl LivePoint {
             v.extend(std::iter::repeat_n(p, PRIOR_WEIGHT));
         }
         median(&v)
+    }
+
+    /// Whether this host's samples outweigh the prior (or there is no prior).
+    pub fn measured_enough(&self) -> bool {
+        !self.samples.is_empty() && !self.prior_dominates()
     }
 
     /// When this point was last measured on this host while serving (None: prior only).
@@ -140,6 +148,9 @@ pub struct LiveCounts {
     pub points_measured: usize,
     pub passive_samples: u64,
     pub active_samples: u64,
+    /// From batches run on another layout than the plan's to measure its points.
+    #[serde(default)]
+    pub explored_samples: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -217,6 +228,7 @@ impl LiveProfile {
         match kind {
             SampleKind::Passive => self.counts.passive_samples += 1,
             SampleKind::Active => self.counts.active_samples += 1,
+            SampleKind::Explored => self.counts.explored_samples += 1,
         }
         self.recount();
         match (before, after) {
