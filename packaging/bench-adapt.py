@@ -10,6 +10,15 @@
   shift       a batch-size shift (all B=1, then all B=32, then mixed 1..32), one job at a time:
               the first batch after each shift against that size's steady state, and the
               instance sets started on the dispatch path
+  explore-cost  a correct profile, open-loop arrivals at 30/60/90 % of capacity: adapt = true
+              (idle-gap probes and exploration under load, each run from a fresh live profile:
+              the worst case, everything still to measure) against the same without exploring
+              (explore_budget_pct = 0) and adapt = false, interleaved in rounds: p50/p99 and
+              the exploration batches run
+  converge    the 1-thread points of a fresh profile told 3x slower, open-loop arrivals at 60 %
+              and 90 % of capacity: the time until every 1-thread grid point is measured back
+              (> 3 samples, within 35 % of the fresh value) with the plan using 1-thread
+              instances again, and each point's final error
 
 Usage: .venv/bin/python packaging/bench-adapt.py e2e --model resnet18 --out docs/bench/e2e-resnet18
 Needs target/release/packrat (cargo build --release) and numpy.
@@ -373,9 +382,128 @@ def shift(args):
     shutil.rmtree(work, ignore_errors=True)
 
 
+def fresh_live(work):
+    """Forgets what earlier runs learnt (the profile cache stays)."""
+    live = os.path.join(work, "state", "profiles", "m.live.json")
+    if os.path.exists(live):
+        os.remove(live)
+
+
+def explore_cost(args):
+    work = tempfile.mkdtemp(prefix="bench-explore-")
+    shape = SHAPES[args.model]
+    sizes = [int(x) for x in args.sizes.split(",")]
+    modes = {"adapt": "adapt = true", "no exploring": "adapt = true\nexplore_budget_pct = 0",
+             "adapt = false": "adapt = false"}
+    a = Agent(work, args.model, args.max_batch, modes["adapt = false"])
+    cap = capacity(a, shape, sizes)
+    a.stop()
+    rates = [float(f) * cap for f in args.rates.split(",")]
+    print(f"{args.model}: capacity {cap:.2f} jobs/s (closed loop, 4 in flight); rates {', '.join(f'{r:.2f}' for r in rates)}")
+    res = {m: {r: [] for r in rates} for m in modes}
+    for rnd in range(args.rounds):
+        for k, r in enumerate(rates):
+            order = list(modes) if (rnd + k) % 2 == 0 else list(reversed(list(modes)))
+            for mode in order:
+                fresh_live(work)
+                a = Agent(work, args.model, args.max_batch, modes[mode])
+                c = Client(a, shape)
+                out = open_loop(c, r, args.seconds, sizes, seed=1000 * rnd + k)
+                st = a.status()
+                c.close()
+                a.stop()
+                x = (st.get("adapt") or {}).get("explore") or {}
+                live = (st.get("adapt") or {}).get("live") or {}
+                out["explore_batches"] = x.get("batches", 0)
+                out["spent_pct"] = x.get("spent_pct", 0.0)
+                out["idle_samples"] = live.get("active_samples", 0)
+                res[mode][r].append(out)
+                print(f"round {rnd+1} rate {r:5.2f}/s {mode:14}: p50 {out['p50_ms']:7.1f} ms p99 {out['p99_ms']:7.1f} ms "
+                      f"({out['jobs']} jobs; exploration batches {out['explore_batches']}, {out['spent_pct']:.2f} % spent; "
+                      f"idle-gap samples {out['idle_samples']})", flush=True)
+    print(f"\n| load | rate (jobs/s) | adapt p50 / p99 (ms) | no exploring p50 / p99 | adapt = false p50 / p99 | "
+          f"p50 / p99 adapt : adapt = false | p50 / p99 adapt : no exploring | exploration batches per run | spent |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for f, r in zip(args.rates.split(","), rates):
+        med = lambda m, key: statistics.median(x[key] for x in res[m][r])
+        ratio = lambda a, b: f"{med(a, 'p50_ms') / med(b, 'p50_ms'):.3f} / {med(a, 'p99_ms') / med(b, 'p99_ms'):.3f}"
+        cell = lambda m: f"{med(m, 'p50_ms'):.1f} / {med(m, 'p99_ms'):.1f}"
+        print(f"| {float(f):.0%} | {r:.2f} | {cell('adapt')} | {cell('no exploring')} | {cell('adapt = false')} | "
+              f"{ratio('adapt', 'adapt = false')} | {ratio('adapt', 'no exploring')} | "
+              f"{med('adapt', 'explore_batches'):.0f} | {med('adapt', 'spent_pct'):.2f} % |")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def converge(args):
+    work = tempfile.mkdtemp(prefix="bench-converge-")
+    shape = SHAPES[args.model]
+    sizes = [int(x) for x in args.sizes.split(",")]
+    a = Agent(work, args.model, args.max_batch, "adapt = false")
+    cap = capacity(a, shape, sizes)
+    a.stop()
+    prof_path = os.path.join(work, "state", "profiles", "m.json")
+    with open(prof_path) as f:
+        fresh = json.load(f)
+    truth = {(p["threads"], p["batch"]): p["latency_ms"] for p in fresh["points"]}
+    grid = sorted(b for (t, b) in truth if t == 1)
+    print(f"{args.model}: capacity {cap:.2f} jobs/s; 1-thread grid points {grid}")
+    for f in args.rates.split(","):
+        rate = float(f) * cap
+        for rnd in range(args.rounds):
+            wrong = json.loads(json.dumps(fresh))
+            for p in wrong["points"]:
+                if p["threads"] == 1:
+                    p["latency_ms"] *= 3.0
+            with open(prof_path, "w") as fh:
+                json.dump(wrong, fh)
+            fresh_live(work)
+            a = Agent(work, args.model, args.max_batch, "adapt = true")
+            c = Client(a, shape)
+            done = {"t": None}
+            stop = threading.Event()
+
+            def watch():
+                t0 = time.monotonic()
+                while not stop.is_set():
+                    try:
+                        st = a.status()
+                    except (OSError, ValueError):
+                        time.sleep(0.2)
+                        continue
+                    pts = {(q["threads"], q["batch"]): q for q in st["adapt"]["points"]}
+                    back = all(pts.get((1, b), {}).get("samples", 0) > 3 and
+                               abs(pts[(1, b)]["estimate_ms"] / truth[(1, b)] - 1) < 0.35 for b in grid)
+                    uses1 = any(i["threads"] == 1 for p in st["plan_table"] for i in p["instances"])
+                    if back and uses1 and done["t"] is None:
+                        done["t"] = time.monotonic() - t0
+                        done["st"] = st
+                    time.sleep(1.0)
+
+            w = threading.Thread(target=watch, daemon=True)
+            w.start()
+            out = open_loop(c, rate, args.seconds, sizes, seed=7 + rnd)
+            stop.set()
+            w.join()
+            st = done.get("st") or a.status()
+            c.close()
+            a.stop()
+            pts = {(q["threads"], q["batch"]): q for q in st["adapt"]["points"]}
+            errs = ", ".join(f"(1,{b}) {pts[(1, b)]['estimate_ms'] / truth[(1, b)] - 1:+.0%} ({pts[(1, b)]['samples']} samples)"
+                             for b in grid if (1, b) in pts)
+            x = st["adapt"]["explore"]
+            t = f"{done['t']:.0f} s" if done["t"] is not None else f"not within {args.seconds:.0f} s"
+            print(f"load {float(f):.0%} ({rate:.2f} jobs/s) run {rnd+1}: converged {t}; exploration batches {x['batches']}, "
+                  f"{x['spent_pct']:.2f} % spent; idle-gap samples {st['adapt']['live']['active_samples']}; "
+                  f"re-plans {st['adapt']['replans']}; B={args.max_batch} runs {st['plan_table'][-1]['instances'] and ' + '.join(str(i['threads']) + 't' for i in st['plan_table'][-1]['instances'])}; "
+                  f"p50/p99 {out['p50_ms']:.0f}/{out['p99_ms']:.0f} ms; errors: {errs}", flush=True)
+    with open(prof_path, "w") as fh:
+        json.dump(fresh, fh)
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["e2e", "probe-cost", "shift"])
+    p.add_argument("what", choices=["e2e", "probe-cost", "shift", "explore-cost", "converge"])
     p.add_argument("--model", default="resnet18")
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--sizes", default="1,2,4,8")
@@ -384,7 +512,8 @@ def main():
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--out")
     args = p.parse_args()
-    {"e2e": e2e, "probe-cost": probe_cost, "shift": shift}[args.what](args)
+    {"e2e": e2e, "probe-cost": probe_cost, "shift": shift, "explore-cost": explore_cost,
+     "converge": converge}[args.what](args)
 
 
 if __name__ == "__main__":

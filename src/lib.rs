@@ -16,7 +16,8 @@
 //!   status file and metrics;
 //! - [`runtime`]: one per model — its queue and the dispatcher that owns the serving loop
 //!   (coalescing, splitting, switching versions between batches), the serving
-//!   [`runtime::version`] (engine, instance sets, plan table, precision, online adaptation) and
+//!   [`runtime::version`] (engine, instance sets, plan table, precision, online adaptation —
+//!   [`runtime::adapt`], with exploration under load in [`runtime::explore`]) and
 //!   at most one being built beside it ([`runtime::load`]), the version history
 //!   ([`runtime::lifecycle`]), stats and drift;
 //! - [`config`]: the TOML config, parsed and validated field by field before anything starts;

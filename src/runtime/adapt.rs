@@ -270,9 +270,9 @@ impl Adapter {
         )
     }
 
-    /// The most items the next batch may coalesce so that it can explore a point only small
-    /// batches reach, when exploring is due (see [`explore::cap`]).
-    pub fn explore_cap(&self, table: &PlanTable) -> Option<usize> {
+    /// The batch sizes (lo, hi) that can explore a point only small batches reach, when
+    /// exploring is due (see [`explore::cap`]).
+    pub fn explore_cap(&self, table: &PlanTable) -> Option<(usize, usize)> {
         if !self.explorer.may_explore() {
             return None;
         }
@@ -306,13 +306,7 @@ impl Adapter {
             .live
             .point(e.threads, e.batch)
             .and_then(|p| p.estimate());
-        self.probing_for = if e.never_measured {
-            Reason::NewPoints
-        } else if self.round_since.is_some() {
-            Reason::Drift
-        } else {
-            Reason::Schedule
-        };
+        self.probing_for = self.measuring_for(e.never_measured);
         self.count_size(items);
         self.record_instances(layout, took, SampleKind::Explored);
         let point = self.live.point(e.threads, e.batch);
@@ -476,14 +470,20 @@ impl Adapter {
             .point(probe.threads, probe.batch)
             .and_then(|p| p.last_measured())
             .is_none();
-        self.probing_for = if never {
+        self.probing_for = self.measuring_for(never);
+        Some(probe)
+    }
+
+    /// Why a point is measured (idle gap or exploration): never measured, a drift round, or
+    /// its age.
+    fn measuring_for(&self, never_measured: bool) -> Reason {
+        if never_measured {
             Reason::NewPoints
         } else if self.round_since.is_some() {
             Reason::Drift
         } else {
             Reason::Schedule
-        };
-        Some(probe)
+        }
     }
 
     /// Records an idle-gap measurement (or only notes the shape warm, for a warm-up run).

@@ -6,7 +6,7 @@
 //! Between batches it switches to a staged version and lets the serving one re-plan; while
 //! nothing waits it makes the version's idle-gap measurements, one bounded step at a time.
 //! When the version is due to explore a point under load that only small batches reach, a
-//! batch whose first job is that small coalesces no more than the point needs.
+//! batch whose first job is within that point's reach coalesces no more than the point needs.
 //!
 //! Every job is loaded against the version serving when it is claimed and runs on that
 //! version: a batch never mixes versions. Its output names the version (the extended
@@ -74,8 +74,8 @@ pub(super) fn run(rt: &ModelRuntime) {
         let max = first
             .version
             .explore_cap()
-            .filter(|&c| first.items <= c)
-            .unwrap_or(first.version.cfg.max_batch);
+            .filter(|&(lo, hi)| (lo..=hi).contains(&first.items))
+            .map_or(first.version.cfg.max_batch, |(_, hi)| hi);
         let delay = Duration::from_secs_f64(rt.settings().max_batch_delay_ms / 1e3);
         let deadline = Instant::now() + delay;
         let mut group = vec![first];

@@ -227,22 +227,30 @@ fn open_points(
         .collect()
 }
 
-/// The most items a batch may coalesce so that it can explore the neediest point that only
-/// small batches reach (a batch of many small jobs would never be one); None: no cap. The
-/// dispatcher applies it only when the batch's first job fits under it.
+/// The batch sizes (lo, hi) that can explore the neediest point only small batches reach,
+/// when one is worth it: the dispatcher keeps a batch whose first job has lo..=hi items from
+/// coalescing past hi (a batch of many small jobs would never reach it otherwise). Every batch
+/// it so keeps small can explore the point: no batch is kept small for nothing.
 pub fn cap(
     live: &LiveProfile,
     wanted: &[(usize, usize)],
     cores: usize,
     table: &PlanTable,
     served: &[usize],
-) -> Option<usize> {
+) -> Option<(usize, usize)> {
     let open = open_points(live, wanted, cores, table, served);
     let neediest = open.iter().map(|x| x.3).min()?;
-    open.iter()
+    let (t, b, k, _) = open
+        .into_iter()
         .filter(|x| x.3 == neediest)
-        .map(|&(_, b, k, _)| k * b)
-        .min()
+        .min_by_key(|&(_, b, k, _)| k * b)?;
+    let hi = k * b;
+    let plan_ms = table.for_batch(hi).predicted_latency_ms?;
+    if live.expected_ms(t, b)? > plan_ms * MAX_SLOWDOWN {
+        return None;
+    }
+    let lo = (1..=hi).find(|&n| fits(k, b, n))?;
+    Some((lo, hi))
 }
 
 /// The point to explore on a batch of `items` instead of `table`'s plan for it, among `wanted`
@@ -400,10 +408,10 @@ mod tests {
     fn small_batches_are_capped_while_only_they_reach_the_neediest_point() {
         let mut l = live();
         let wanted = l.stale(1000.0, 600.0, None);
-        // (1, 1), (1, 2), (1, 4) never measured: the smallest reaches 2 items.
-        assert_eq!(cap(&l, &wanted, 2, &plan(8, 18.0), &ALL), Some(2));
-        // Batches of 8 only: none of them fits under a cap — nothing is capped for them.
-        assert_eq!(cap(&l, &wanted, 2, &plan(8, 18.0), &[8]), Some(8));
+        // (1, 1), (1, 2), (1, 4) never measured: the smallest, (1, 1), takes batches of 1–2.
+        assert_eq!(cap(&l, &wanted, 2, &plan(8, 18.0), &ALL), Some((1, 2)));
+        // Batches of 8 only: (1, 4), with 7–8 items.
+        assert_eq!(cap(&l, &wanted, 2, &plan(8, 18.0), &[8]), Some((7, 8)));
         for p in [(1, 1), (1, 2), (1, 4)] {
             for k in 0..4 {
                 l.record(p.0, p.1, 5.0, SampleKind::Explored, 990.0 + k as f64);

@@ -2,7 +2,9 @@
 //! feed its [`queue`]; its [`dispatcher`] thread owns the serving loop: it claims jobs only as
 //! it runs them, in batches on the serving [`version`] (a loaded model: engine, instance sets,
 //! plan table, live profile), counts what happened ([`stats`], [`lifecycle`]) and holds jobs
-//! while the spool cannot be written ([`storage`]).
+//! while the spool cannot be written ([`storage`]). A `plan = "auto"` version keeps its
+//! profile true while it serves ([`adapt`]): from every batch, from idle gaps, and under load
+//! from the odd batch run on another layout ([`explore`]).
 //!
 //! **Versions.** A new version (a new folder `<dir>/<N>/`, or a config change on SIGHUP) is
 //! built on a helper thread beside the serving one ([`load`]): loaded, checked, planned and

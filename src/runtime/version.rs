@@ -230,12 +230,16 @@ impl ModelVersion {
         let table = self.plans.table();
         let e = self.adapter().as_ref()?.explore(items, &table)?;
         let specs = crate::profiler::co_located(&self.topo, e.threads).ok()?;
-        let Some(set) = self
-            .pool()
-            .warm(&specs)
-            .or_else(|| self.probe_pool.warm(&specs))
-        else {
-            self.prepare_in_background(self.probe_pool.clone(), vec![specs], None);
+        // These outputs are served: never from the probe sets once `auto` precision has
+        // switched the serving pool to f32 (the probe sets keep the model they started with).
+        let pool = self.pool();
+        let spare = if Arc::ptr_eq(pool.model(), self.probe_pool.model()) {
+            self.probe_pool.clone()
+        } else {
+            pool.clone()
+        };
+        let Some(set) = pool.warm(&specs).or_else(|| spare.warm(&specs)) else {
+            self.prepare_in_background(spare, vec![specs], None);
             return None;
         };
         let pad = e.padding(items);
@@ -290,9 +294,9 @@ impl ModelVersion {
         Some((out, took))
     }
 
-    /// The most items the next batch should hold so that it can explore a point only small
-    /// batches reach, when exploring is due.
-    pub fn explore_cap(&self) -> Option<usize> {
+    /// The batch sizes (lo, hi) that can explore a point only small batches reach, when
+    /// exploring is due: a batch whose first job has lo..=hi items should hold at most hi.
+    pub fn explore_cap(&self) -> Option<(usize, usize)> {
         let table = self.plans.table();
         self.adapter().as_ref()?.explore_cap(&table)
     }
