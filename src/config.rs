@@ -155,6 +155,8 @@ struct RawModel {
     max_layouts: usize,
     #[serde(default = "defaults::max_batch_delay_ms")]
     max_batch_delay_ms: f64,
+    deadline_ms: Option<f64>,
+    on_deadline: Option<String>,
     static_shapes: Option<usize>,
 }
 
@@ -225,7 +227,32 @@ pub struct ModelConfig {
     pub adapt: Adapt,
     /// When fewer than max_batch items wait, wait up to this long for more (0: never wait).
     pub max_batch_delay_ms: f64,
+    /// Every job's deadline from its arrival (its file's mtime), unless its name sets its own
+    /// (`deadline=250ms`); None: only jobs that name one have one.
+    pub deadline_ms: Option<f64>,
+    pub on_deadline: OnDeadline,
     pub engine_options: EngineOptions,
+}
+
+/// What becomes of a job that can no longer finish by its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDeadline {
+    /// It runs anyway, late (and is counted late).
+    #[default]
+    Run,
+    /// It goes to failed/ with `deadline_exceeded` as soon as the prediction says it cannot
+    /// make it, without running.
+    Fail,
+}
+
+impl OnDeadline {
+    pub fn name(self) -> &'static str {
+        match self {
+            OnDeadline::Run => "run",
+            OnDeadline::Fail => "fail",
+        }
+    }
 }
 
 /// How a `plan = "auto"` model keeps its plans true while serving.
@@ -518,6 +545,26 @@ fn model(i: usize, m: RawModel, cores: Option<&[usize]>) -> Result<ModelConfig, 
             "leave it out (0: never wait for more jobs) or write e.g. max_batch_delay_ms = 5",
         );
     }
+    if let Some(d) = m.deadline_ms {
+        if !(d.is_finite() && d > 0.0 && d <= 3_600_000.0) {
+            return refuse(
+                f("deadline_ms"),
+                format!("{d} is not between 0 and 3600000 ms"),
+                "leave it out (no deadline unless a job names one) or write e.g. deadline_ms = 500",
+            );
+        }
+    }
+    let on_deadline = match m.on_deadline.as_deref() {
+        None | Some("run") => OnDeadline::Run,
+        Some("fail") => OnDeadline::Fail,
+        Some(other) => {
+            return refuse(
+                f("on_deadline"),
+                format!("there is no on_deadline '{other}'"),
+                "write on_deadline = \"run\" (late jobs still run) or \"fail\" (jobs that cannot make it go to failed/ unrun)",
+            )
+        }
+    };
     if !(1..=64).contains(&m.max_layouts) {
         return refuse(
             f("max_layouts"),
@@ -559,6 +606,8 @@ fn model(i: usize, m: RawModel, cores: Option<&[usize]>) -> Result<ModelConfig, 
             max_layouts: m.max_layouts,
         },
         max_batch_delay_ms: m.max_batch_delay_ms,
+        deadline_ms: m.deadline_ms,
+        on_deadline,
         name: m.name,
         source,
         versions,
@@ -899,6 +948,8 @@ mod tests {
             ("source = \"builtin:tiny_cnn\"\nmax_probe_delay_ms = -5.0", "model[0].max_probe_delay_ms", "positive"),
             ("source = \"builtin:tiny_cnn\"\nexplore_budget_pct = 80.0", "model[0].explore_budget_pct", "between 0 and 50"),
             ("source = \"builtin:tiny_cnn\"\nmax_batch_delay_ms = -1.0", "model[0].max_batch_delay_ms", "between"),
+            ("source = \"builtin:tiny_cnn\"\ndeadline_ms = 0.0", "model[0].deadline_ms", "not between 0 and 3600000"),
+            ("source = \"builtin:tiny_cnn\"\non_deadline = \"drop\"", "model[0].on_deadline", "no on_deadline 'drop'"),
             ("source = \"builtin:tiny_cnn\"\nmax_layouts = 0", "model[0].max_layouts", "out of range"),
             ("source = \"builtin:tiny_cnn\"\nstatic_shapes = 2", "model[0].static_shapes", "no static shapes"),
             ("source = \"builtin:tiny_cnn\"\nstatic_shapes = 65", "model[0].static_shapes", "out of range"),

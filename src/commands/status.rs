@@ -120,6 +120,30 @@ pub fn run(args: &Args) -> Result<i32> {
             ms(m.latency_p50_ms),
             ms(m.latency_p99_ms)
         );
+        let d = &m.deadlines;
+        let g = &d.goodput;
+        let with_deadline = g.on_time + g.late + g.expired;
+        if d.deadline_ms.is_some() || with_deadline > 0 {
+            let deadline = d
+                .deadline_ms
+                .map_or_else(|| "set by job names".into(), |ms| format!("{ms} ms"));
+            let share = if with_deadline > 0 {
+                format!(
+                    " ({:.1} % on time)",
+                    g.on_time as f64 * 100.0 / with_deadline as f64
+                )
+            } else {
+                String::new()
+            };
+            println!(
+                "  deadlines ({deadline}, on_deadline = {}): {} on time, {} late ({} started late), {} expired unrun{share}",
+                d.on_deadline.name(),
+                g.on_time,
+                g.late,
+                g.started_late,
+                g.expired
+            );
+        }
         println!(
             "  plan ({:?}) at max_batch {}: {}  predicted {}",
             m.plan_source,

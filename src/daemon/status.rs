@@ -149,6 +149,18 @@ impl Status {
             }),
         );
         family(
+            "packrat_deadline_jobs_total",
+            "counter",
+            "Jobs with a deadline, by outcome: on_time and late finished (before or after they were due), expired failed unrun as deadline_exceeded. on_time is the goodput.",
+            per_model(&|m, l| {
+                let g = &m.deadlines.goodput;
+                [("on_time", g.on_time), ("late", g.late), ("expired", g.expired)]
+                    .iter()
+                    .map(|(o, n)| format!("packrat_deadline_jobs_total{{{l},outcome=\"{o}\"}} {n}"))
+                    .collect()
+            }),
+        );
+        family(
             "packrat_model_version_info",
             "gauge",
             "The version each model serves (always 1).",

@@ -8,19 +8,27 @@
 //! When the version is due to explore a point under load that only small batches reach, a
 //! batch whose first job is within that point's reach coalesces no more than the point needs.
 //!
+//! Deadlines ([`super::deadline`]): between batches, with `on_deadline = "fail"`, waiting jobs
+//! predicted to finish after they are due are failed unrun; a claimed job that cannot make
+//! it alone is failed too. A batch takes no more jobs than let its jobs that can still make
+//! their deadlines do so.
+//!
 //! Every job is loaded against the version serving when it is claimed and runs on that
 //! version: a batch never mixes versions. Its output names the version (the extended
 //! attribute `user.packrat.version`, and safetensors' `__metadata__`).
 
+use std::ffi::OsString;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 use tch::Tensor;
 
+use super::deadline;
 use super::queue::Next;
 use super::version::ModelVersion;
 use super::ModelRuntime;
+use crate::config::OnDeadline;
 use crate::engine::{concat_outputs, split_outputs, InputMismatch, MismatchKind, Outputs};
 use crate::spool::{Claim, ErrorKind, Job, JobError, PublishError, Published};
 use crate::tensorfile::{self, Format, ReadError, ReadErrorKind};
@@ -54,12 +62,97 @@ struct Loaded {
     format: Format,
     inputs: Vec<Tensor>,
     items: usize,
+    due: Option<SystemTime>,
+}
+
+/// A batch of `b` items predicted in ms: the version's plan, else as measured so far.
+fn batch_ms<'a>(rt: &'a ModelRuntime, v: &'a ModelVersion) -> impl Fn(usize) -> f64 + 'a {
+    move |b| {
+        v.predict_ms(b)
+            .or_else(|| rt.stats().measured_batch_ms(b))
+            .unwrap_or(0.0)
+    }
+}
+
+impl Loaded {
+    /// When this job, run by itself from now, is predicted to finish.
+    fn alone_finishes(&self, rt: &ModelRuntime) -> SystemTime {
+        let f = batch_ms(rt, &self.version);
+        let ms = deadline::work_ms(self.items, self.version.cfg.max_batch, &f);
+        SystemTime::now() + Duration::from_secs_f64(ms.max(0.0) / 1e3)
+    }
+
+    /// Due, and predicted to finish after (None: it can make it, or has no deadline).
+    fn cannot_make_it(&self, rt: &ModelRuntime) -> Option<(SystemTime, SystemTime)> {
+        let due = self.due?;
+        let at = self.alone_finishes(rt);
+        (at > due).then_some((due, at))
+    }
+}
+
+/// With `on_deadline = "fail"`: a claimed job that cannot make its deadline even alone is
+/// failed unrun; otherwise it is given back to run.
+fn expire_if_late(rt: &ModelRuntime, l: Loaded, fail_late: bool) -> Option<Loaded> {
+    if !fail_late {
+        return Some(l);
+    }
+    let Some((due, at)) = l.cannot_make_it(rt) else {
+        return Some(l);
+    };
+    let now = SystemTime::now();
+    let predicted = at.duration_since(now).unwrap_or_default();
+    rt.fail(l.job, &deadline::exceeded(due, now, predicted, 0), None);
+    None
+}
+
+/// With `on_deadline = "fail"`, between batches: fails the waiting jobs predicted to finish
+/// after they are due, without running them (claiming each first, so it ends once).
+fn shed(rt: &ModelRuntime) {
+    let cfg = rt.settings();
+    if cfg.on_deadline != OnDeadline::Fail {
+        return;
+    }
+    let (owned, waiting) = rt.queue.waiting();
+    if waiting.iter().all(|p| p.due.is_none()) {
+        return;
+    }
+    let v = rt.serving();
+    let per_job = rt.stats().items_per_job();
+    let now = SystemTime::now();
+    let shed = deadline::to_shed(
+        now,
+        owned,
+        &waiting,
+        per_job,
+        cfg.max_batch,
+        &batch_ms(rt, &v),
+    );
+    if shed.is_empty() {
+        return;
+    }
+    let names: Vec<OsString> = shed.iter().map(|&(k, _)| waiting[k].name.clone()).collect();
+    rt.queue.withdraw(&names);
+    for (n, &(k, predicted)) in shed.iter().enumerate() {
+        let p = &waiting[k];
+        let Some(due) = p.due else { continue };
+        match rt.spool.claim(&p.name) {
+            Ok(Claim::Job(job)) => {
+                let ahead = owned + k - n;
+                rt.fail(job, &deadline::exceeded(due, now, predicted, ahead), None)
+            }
+            Ok(Claim::Refused(job, err)) => rt.fail(job, &err, None),
+            Ok(Claim::Gone) => {}
+            Err(e) => log::error!("model {}: {e:#}", rt.name),
+        }
+    }
 }
 
 /// Runs until the queue is stopped; the batch in flight finishes first.
 pub(super) fn run(rt: &ModelRuntime) {
     let mut carry: Option<Loaded> = None;
     loop {
+        shed(rt);
+        let fail_late = rt.settings().on_deadline == OnDeadline::Fail;
         let first = match carry.take() {
             Some(l) => l,
             None => {
@@ -70,6 +163,9 @@ pub(super) fn run(rt: &ModelRuntime) {
                 }
             }
         };
+        let Some(first) = expire_if_late(rt, first, fail_late) else {
+            continue;
+        };
         // Exploring a point only small batches reach: keep this one small if it can be.
         let max = first
             .version
@@ -77,20 +173,38 @@ pub(super) fn run(rt: &ModelRuntime) {
             .filter(|&(lo, hi)| (lo..=hi).contains(&first.items))
             .map_or(first.version.cfg.max_batch, |(_, hi)| hi);
         let delay = Duration::from_secs_f64(rt.settings().max_batch_delay_ms / 1e3);
-        let deadline = Instant::now() + delay;
+        let wait_until = Instant::now() + delay;
+        // The earliest deadline in the batch that can still be made: the batch grows only
+        // while it is predicted to finish by then.
+        let mut due = first.due.filter(|_| first.cannot_make_it(rt).is_none());
         let mut group = vec![first];
         let mut total = group[0].items;
         // Coalesce what is waiting; wait for more only up to the batch delay.
         while total < max {
             let Some(l) = next_loaded(rt, false) else {
-                let left = deadline.saturating_duration_since(Instant::now());
+                let left = wait_until.saturating_duration_since(Instant::now());
                 if !left.is_zero() && rt.queue.wait_for_work(left) {
                     continue;
                 }
                 break;
             };
-            if total + l.items <= max && Arc::ptr_eq(&l.version, &group[0].version) {
+            let Some(l) = expire_if_late(rt, l, fail_late) else {
+                continue;
+            };
+            let v = &group[0].version;
+            let in_time = |due: Option<SystemTime>| {
+                let Some(due) = due else { return true };
+                let ms = batch_ms(rt, v)(total + l.items);
+                SystemTime::now() + Duration::from_secs_f64(ms.max(0.0) / 1e3) <= due
+            };
+            let l_due = l.due.filter(|_| l.cannot_make_it(rt).is_none());
+            if total + l.items <= max
+                && Arc::ptr_eq(&l.version, v)
+                && in_time(due)
+                && in_time(l_due)
+            {
                 total += l.items;
+                due = due.into_iter().chain(l_due).min();
                 group.push(l);
             } else {
                 carry = Some(l);
@@ -155,8 +269,10 @@ fn next_loaded(rt: &ModelRuntime, block: bool) -> Option<Loaded> {
 fn load(rt: &ModelRuntime, job: Job) -> Option<Loaded> {
     let t0 = Instant::now();
     let version = rt.serving();
-    let max_job_bytes = rt.settings().max_job_bytes;
+    let settings = rt.settings();
+    let max_job_bytes = settings.max_job_bytes;
     let res = (|| -> Result<_, JobError> {
+        let due = deadline::due(&job.name, job.arrived, &settings)?;
         let format = Format::from_path(&job.path).ok_or_else(|| {
             JobError::new(
                 ErrorKind::UnknownFormat,
@@ -168,10 +284,11 @@ fn load(rt: &ModelRuntime, job: Job) -> Option<Loaded> {
         })?;
         let named = tensorfile::read(&job.path, format, max_job_bytes)?;
         let (inputs, items) = version.model().match_inputs(named)?;
-        Ok((format, inputs, items as usize))
+        Ok((format, inputs, items as usize, due))
     })();
     match res {
-        Ok((format, inputs, items)) => {
+        Ok((format, inputs, items, due)) => {
+            rt.stats().record_items(items);
             log::debug!(
                 "model {}: {} loaded in {:.2} ms",
                 rt.name,
@@ -184,6 +301,7 @@ fn load(rt: &ModelRuntime, job: Job) -> Option<Loaded> {
                 format,
                 inputs,
                 items,
+                due,
             })
         }
         Err(e) => {
@@ -208,6 +326,12 @@ fn run_group(rt: &ModelRuntime, mut group: Vec<Loaded>) {
         }
         return;
     }
+    let now = SystemTime::now();
+    let late = group
+        .iter()
+        .filter(|l| l.due.is_some_and(|d| d < now))
+        .count();
+    rt.stats().goodput.started_late += late as u64;
     let version = group[0].version.clone();
     rt.busy.set(true);
     let result = if group.len() == 1 {
@@ -300,7 +424,12 @@ fn finish(rt: &ModelRuntime, l: Loaded, out: &Outputs) {
                 ),
             }
             rt.storage_ok();
-            rt.stats().record_done(dt);
+            let mut stats = rt.stats();
+            stats.record_done(dt);
+            if let Some(due) = l.due {
+                stats.goodput.finished(due, SystemTime::now());
+            }
+            drop(stats);
             rt.lifecycle().outcome(version, true);
         }
         Err(PublishError::Storage(e)) => rt.hold(l.job, &e),
@@ -321,7 +450,7 @@ fn finish(rt: &ModelRuntime, l: Loaded, out: &Outputs) {
 /// Runs one batch (≤ max_batch items) on the version and counts it.
 fn run_batch(rt: &ModelRuntime, v: &ModelVersion, inputs: &[Tensor], n: usize) -> Result<Outputs> {
     let (out, took) = v.run_batch(inputs, n)?;
-    rt.stats().record_batch(took);
+    rt.stats().record_batch(took, n);
     Ok(out)
 }
 

@@ -4,7 +4,8 @@
 //! plan table, live profile), counts what happened ([`stats`], [`lifecycle`]) and holds jobs
 //! while the spool cannot be written ([`storage`]). A `plan = "auto"` version keeps its
 //! profile true while it serves ([`adapt`]): from every batch, from idle gaps, and under load
-//! from the odd batch run on another layout ([`explore`]).
+//! from the odd batch run on another layout ([`explore`]). Jobs run earliest deadline first;
+//! with `on_deadline = "fail"` those that cannot make it are failed unrun ([`deadline`]).
 //!
 //! **Versions.** A new version (a new folder `<dir>/<N>/`, or a config change on SIGHUP) is
 //! built on a helper thread beside the serving one ([`load`]): loaded, checked, planned and
@@ -14,6 +15,7 @@
 //! versions are in memory: a load waits until the last version switched away from is gone.
 
 pub mod adapt;
+pub mod deadline;
 mod dispatcher;
 pub mod explore;
 pub mod lifecycle;
@@ -35,12 +37,13 @@ use serde::{Deserialize, Serialize};
 use crate::config::ModelConfig;
 use crate::engine::{InstanceInfo, Specialized};
 use crate::planner::{Plan, PlanSource};
-use crate::spool::{Job, JobError, Spool, StorageError};
+use crate::spool::{ErrorKind, Job, JobError, Spool, StorageError};
 use adapt::AdaptStatus;
+use deadline::DeadlineStatus;
 use lifecycle::{Lifecycle, VersionsStatus};
 use load::Place;
 use precision::PrecisionStatus;
-use queue::JobQueue;
+use queue::{JobQueue, Pending};
 pub use stats::SetStarts;
 use stats::{Busy, Stats};
 use storage::StorageHealth;
@@ -99,6 +102,10 @@ pub struct ModelStatus {
     /// Which version serves, which are loaded, swaps, refused versions, outcomes per version.
     #[serde(default)]
     pub versions: VersionsStatus,
+    /// The deadline settings, and how many jobs with a deadline finished on time, late, or
+    /// expired unrun.
+    #[serde(default)]
+    pub deadlines: DeadlineStatus,
 }
 
 pub struct ModelRuntime {
@@ -352,9 +359,21 @@ impl ModelRuntime {
         }
     }
 
-    /// Tells the dispatcher what waits in incoming/ (nothing is claimed here).
+    /// Tells the dispatcher what waits in incoming/ (nothing is claimed here), and when each
+    /// job is due.
     pub fn offer_waiting(&self) {
-        self.queue.offer(self.spool.scan());
+        let cfg = self.settings();
+        let pending = self
+            .spool
+            .scan()
+            .into_iter()
+            .map(|w| Pending {
+                due: deadline::due_waiting(&w.name, w.arrived, &cfg),
+                name: w.name,
+                arrived: w.arrived,
+            })
+            .collect();
+        self.queue.offer(pending);
     }
 
     /// Takes over the jobs of agents on this spool that are gone; returns how many will run.
@@ -393,6 +412,25 @@ impl ModelRuntime {
     /// cannot be written, holds the job instead.
     fn fail(&self, job: Job, err: &JobError, version: Option<&str>) {
         match self.spool.fail(&job, err) {
+            Ok(()) if err.kind == ErrorKind::DeadlineExceeded => {
+                // Shedding under overload is the setting doing its job: one line per while.
+                log::debug!(
+                    "model {}: job {} failed: {}",
+                    self.name,
+                    job.name,
+                    err.message
+                );
+                self.storage_ok();
+                let mut stats = self.stats();
+                stats.failed += 1;
+                stats.goodput.expired += 1;
+                if let Some(n) = stats.expired_to_log(Duration::from_secs(10)) {
+                    log::info!(
+                        "model {}: {n} job(s) failed unrun as deadline_exceeded since the last such line: they could not finish by their deadlines (on_deadline = \"fail\")",
+                        self.name
+                    );
+                }
+            }
             Ok(()) => {
                 log::warn!(
                     "model {}: job {} failed: {} ({})",
@@ -480,8 +518,14 @@ impl ModelRuntime {
             )
             .chain(versions.loading.clone())
             .collect();
+        let settings = self.settings();
         let stats = self.stats();
         ModelStatus {
+            deadlines: DeadlineStatus {
+                deadline_ms: settings.deadline_ms,
+                on_deadline: settings.on_deadline,
+                goodput: stats.goodput.clone(),
+            },
             name: self.name.clone(),
             source: v.cfg.source.to_string(),
             spool: self.spool.root.display().to_string(),

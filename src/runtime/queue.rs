@@ -1,14 +1,30 @@
 //! What the dispatcher runs next: jobs this agent already owns (taken over from a dead agent,
 //! or held back by a storage error) come first; then names waiting in `incoming/`, which stay
-//! unclaimed — any agent may take them — until the dispatcher is about to run them.
+//! unclaimed — any agent may take them — until the dispatcher is about to run them. Those run
+//! earliest deadline first; a job without a deadline counts as due when it arrived, so it is
+//! never starved by jobs with one (and jobs without deadlines run oldest first).
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::spool::Job;
+
+/// A name seen waiting in incoming/, with when it is due.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub name: OsString,
+    pub arrived: SystemTime,
+    pub due: Option<SystemTime>,
+}
+
+impl Pending {
+    fn key(&self) -> SystemTime {
+        self.due.unwrap_or(self.arrived)
+    }
+}
 
 /// The next thing to run.
 pub enum Next {
@@ -21,7 +37,7 @@ pub enum Next {
 #[derive(Default)]
 struct Inner {
     owned: VecDeque<Job>,
-    waiting: VecDeque<OsString>,
+    waiting: VecDeque<Pending>,
     /// Storage trouble: owned jobs are retried from then on, and nothing new is claimed.
     paused_until: Option<Instant>,
     /// Something other than a job wants the dispatcher's attention (a version to switch to).
@@ -49,13 +65,28 @@ impl JobQueue {
         self.wake.notify_one();
     }
 
-    /// The names a scan of incoming/ found, oldest first: they replace the previous scan's.
-    pub fn offer(&self, names: Vec<OsString>) {
+    /// The names a scan of incoming/ found, oldest first: they replace the previous scan's,
+    /// in the order they are to run.
+    pub fn offer(&self, mut names: Vec<Pending>) {
+        // Stable: equal keys keep the scan's order (mtime, then name).
+        names.sort_by_key(Pending::key);
         let mut q = self.lock();
         q.waiting = names.into();
         if !q.waiting.is_empty() {
             self.wake.notify_one();
         }
+    }
+
+    /// The names waiting, in the order they are to run, and how many owned jobs come first.
+    pub fn waiting(&self) -> (usize, Vec<Pending>) {
+        let q = self.lock();
+        (q.owned.len(), q.waiting.iter().cloned().collect())
+    }
+
+    /// Takes `names` out of the waiting list (the dispatcher settles them itself).
+    pub fn withdraw(&self, names: &[OsString]) {
+        let names: std::collections::HashSet<&OsString> = names.iter().collect();
+        self.lock().waiting.retain(|p| !names.contains(&p.name));
     }
 
     /// Jobs owned plus names seen waiting.
@@ -103,8 +134,8 @@ impl JobQueue {
                 if let Some(j) = q.owned.pop_front() {
                     return Some(Next::Owned(j));
                 }
-                if let Some(n) = q.waiting.pop_front() {
-                    return Some(Next::Waiting(n));
+                if let Some(p) = q.waiting.pop_front() {
+                    return Some(Next::Waiting(p.name));
                 }
             }
             if !block {

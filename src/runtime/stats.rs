@@ -1,11 +1,12 @@
 //! What a model's runtime counts: jobs and batches, recent job latencies, and how far measured
 //! batch latencies drift from the plan's predictions.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::deadline::Goodput;
 use crate::planner::stats::percentile;
 
 /// How many recent values the windows keep.
@@ -90,19 +91,63 @@ pub struct Stats {
     pub job_latency: Histogram,
     /// Forward time, per batch.
     pub batch_latency: Histogram,
+    /// Jobs with a deadline, by outcome.
+    pub goodput: Goodput,
+    /// Items per job, a moving average (what a job still waiting is guessed to hold).
+    items_per_job: Option<f64>,
+    /// Measured forward time per batch size, a moving average in ms.
+    batch_ms_by_size: BTreeMap<usize, f64>,
+    /// Expired jobs not yet in a journal line, and when the last line was written.
+    expired_log: (u64, Option<Instant>),
 }
 
 impl Stats {
-    pub fn record_batch(&mut self, took: Duration) {
+    pub fn record_batch(&mut self, took: Duration, items: usize) {
+        let ms = took.as_secs_f64() * 1e3;
         self.batches += 1;
-        self.batch_ms_sum += took.as_secs_f64() * 1e3;
+        self.batch_ms_sum += ms;
         self.batch_latency.observe(took);
+        let m = self.batch_ms_by_size.entry(items).or_insert(ms);
+        *m = 0.8 * *m + 0.2 * ms;
     }
 
     pub fn record_done(&mut self, latency: Duration) {
         self.done += 1;
         push_bounded(&mut self.latencies_ms, latency.as_secs_f64() * 1e3);
         self.job_latency.observe(latency);
+    }
+
+    pub fn record_items(&mut self, items: usize) {
+        let x = items as f64;
+        self.items_per_job = Some(self.items_per_job.map_or(x, |m| 0.9 * m + 0.1 * x));
+    }
+
+    /// Counts an expired job; the count to log now, when the last line is `every` old.
+    pub fn expired_to_log(&mut self, every: Duration) -> Option<u64> {
+        self.expired_log.0 += 1;
+        let due = self.expired_log.1.is_none_or(|t| t.elapsed() >= every);
+        due.then(|| {
+            self.expired_log.1 = Some(Instant::now());
+            std::mem::take(&mut self.expired_log.0)
+        })
+    }
+
+    pub fn items_per_job(&self) -> f64 {
+        self.items_per_job.unwrap_or(1.0)
+    }
+
+    /// A batch of `items` as measured so far, in ms: its size's recent mean, else the nearest
+    /// measured size's, scaled up by items (never down: a batch has a fixed cost too). For
+    /// plans without a prediction.
+    pub fn measured_batch_ms(&self, items: usize) -> Option<f64> {
+        let below = self.batch_ms_by_size.range(..=items).next_back();
+        let above = self.batch_ms_by_size.range(items..).next();
+        let (&k, &ms) = match (below, above) {
+            (Some(b), Some(a)) if a.0 - items < items - b.0 => a,
+            (Some(b), _) => b,
+            (None, a) => a?,
+        };
+        Some(ms * (items as f64 / k as f64).max(1.0))
     }
 
     /// The p-th percentile of recent job latencies, in ms.
@@ -170,6 +215,19 @@ impl Drift {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unmeasured_sizes_come_from_the_nearest_measured_one() {
+        let mut s = Stats::default();
+        assert_eq!(s.measured_batch_ms(4), None);
+        s.record_batch(Duration::from_millis(10), 2);
+        s.record_batch(Duration::from_millis(40), 8);
+        assert_eq!(s.measured_batch_ms(2), Some(10.0));
+        assert_eq!(s.measured_batch_ms(1), Some(10.0));
+        assert_eq!(s.measured_batch_ms(4), Some(20.0));
+        assert_eq!(s.measured_batch_ms(6), Some(40.0));
+        assert_eq!(s.measured_batch_ms(16), Some(80.0));
+    }
 
     #[test]
     fn drift_warns_once_past_the_threshold() {

@@ -177,6 +177,21 @@ impl ModelVersion {
         Ok(())
     }
 
+    /// A batch of `items` (≤ max_batch) predicted in ms: the plan table's prediction,
+    /// corrected by the median error of the recent batches (within −50…+100 %); None when the
+    /// plan has no prediction (a fixed plan without a profile).
+    pub fn predict_ms(&self, items: usize) -> Option<f64> {
+        let p = self.plans.for_batch(items).predicted_latency_ms?;
+        let err = self
+            .drift
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .recent_error_pct()
+            .unwrap_or(0.0)
+            .clamp(-50.0, 100.0);
+        Some(p * (1.0 + err / 100.0))
+    }
+
     /// Runs `inputs` (a batch of `items` ≤ max_batch) with the plan for its size, and records
     /// its latency against the plan's prediction; returns the outputs and the forward time.
     pub fn run_batch(&self, inputs: &[Tensor], items: usize) -> Result<(Outputs, Duration)> {

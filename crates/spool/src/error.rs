@@ -29,10 +29,13 @@ pub enum ErrorKind {
     OutputError,
     /// The job was running at too many agent crashes.
     CrashedAgent,
+    /// With `on_deadline = "fail"`: the job could no longer finish by its deadline, so it was
+    /// not run.
+    DeadlineExceeded,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 12] = [
+    pub const ALL: [ErrorKind; 13] = [
         ErrorKind::BadFile,
         ErrorKind::Io,
         ErrorKind::TooLarge,
@@ -45,6 +48,7 @@ impl ErrorKind {
         ErrorKind::ModelError,
         ErrorKind::OutputError,
         ErrorKind::CrashedAgent,
+        ErrorKind::DeadlineExceeded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +65,7 @@ impl ErrorKind {
             ErrorKind::ModelError => "model_error",
             ErrorKind::OutputError => "output_error",
             ErrorKind::CrashedAgent => "crashed_agent",
+            ErrorKind::DeadlineExceeded => "deadline_exceeded",
         }
     }
 }

@@ -97,8 +97,19 @@ pub struct Job {
     pub path: PathBuf,
     /// When it was claimed; job latency is measured from here.
     pub claimed: Instant,
+    /// When the client finished writing it (its mtime, which claiming keeps): a deadline
+    /// counts from here.
+    pub arrived: SystemTime,
     /// How many times it started running before (under any agent).
     pub runs: u32,
+}
+
+/// A name seen in incoming/, not claimed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    pub name: OsString,
+    /// Its mtime: when the client finished writing it.
+    pub arrived: SystemTime,
 }
 
 /// What claiming a name in incoming/ came to.
@@ -217,8 +228,8 @@ impl Spool {
         folder.of(&self.root)
     }
 
-    /// Names waiting in incoming/, oldest first (by mtime, then name).
-    pub fn scan(&self) -> Vec<OsString> {
+    /// Names waiting in incoming/, oldest first (by mtime, then name), with their mtimes.
+    pub fn scan(&self) -> Vec<Waiting> {
         let Ok(rd) = fs::read_dir(self.dir(Folder::Incoming)) else {
             return Vec::new();
         };
@@ -234,7 +245,9 @@ impl Spool {
             })
             .collect();
         v.sort();
-        v.into_iter().map(|(_, n)| n).collect()
+        v.into_iter()
+            .map(|(arrived, name)| Waiting { name, arrived })
+            .collect()
     }
 
     /// Claims incoming/`name` into this agent's claim folder. Anything that cannot be served as
@@ -278,6 +291,7 @@ impl Spool {
                 name: cand,
                 path: to,
                 claimed: Instant::now(),
+                arrived: meta.modified().unwrap_or_else(|_| SystemTime::now()),
                 runs: 0,
             };
             return Ok(match refusal {
@@ -545,10 +559,14 @@ impl Spool {
                 return None;
             }
         }
+        let arrived = fs::symlink_metadata(&to)
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|_| SystemTime::now());
         let job = Job {
             name: name.to_string(),
             path: to,
             claimed: Instant::now(),
+            arrived,
             runs,
         };
         let settled = if let Some(out) = self.output_exists(name) {

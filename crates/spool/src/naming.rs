@@ -10,6 +10,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::Folder;
 
@@ -22,6 +23,54 @@ pub const MAX_JOB_NAME: usize = 200;
 
 /// The suffix of failure records.
 pub const RECORD_SUFFIX: &str = ".error.json";
+
+/// The name field a job sets its own deadline with: `img42.deadline=250ms.npy`.
+pub const DEADLINE_FIELD: &str = "deadline=";
+
+/// The deadline a job names for itself: a `deadline=<N>ms` (or `<N>s`) part among the
+/// dot-separated parts of its name, e.g. `img42.deadline=250ms.npy` or `b.deadline=1.5s.npz`.
+/// It counts from the file's mtime (when the client finished writing it). Err: the field is
+/// there but does not say a positive duration.
+pub fn deadline_in_name(name: &str) -> Result<Option<Duration>, String> {
+    // `1.5s` spans a dot: look at the text after the field, up to the next dot after its unit.
+    let Some(at) = name.find(DEADLINE_FIELD) else {
+        return Ok(None);
+    };
+    if at > 0 && !name[..at].ends_with('.') {
+        return Ok(None); // part of a longer word (`nodeadline=…`): not the field
+    }
+    let rest = &name[at + DEADLINE_FIELD.len()..];
+    let bad = || {
+        format!(
+            "the name's deadline field '{DEADLINE_FIELD}{}' is not a duration: write it as {DEADLINE_FIELD}250ms or {DEADLINE_FIELD}1.5s",
+            rest.split_once(".npy")
+                .or_else(|| rest.split_once(".npz"))
+                .or_else(|| rest.split_once(".safetensors"))
+                .map_or(rest, |(v, _)| v)
+        )
+    };
+    let digits = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(bad)?;
+    let (num, unit) = rest.split_at(digits);
+    let scale = if unit.starts_with("ms") {
+        1e-3
+    } else if unit.starts_with('s') {
+        1.0
+    } else {
+        return Err(bad());
+    };
+    let unit_len = if scale < 1.0 { 2 } else { 1 };
+    let after = &unit[unit_len..];
+    if !(after.is_empty() || after.starts_with('.')) {
+        return Err(bad());
+    }
+    let v: f64 = num.parse().map_err(|_| bad())?;
+    if !(v.is_finite() && v > 0.0 && v * scale < 1e7) {
+        return Err(bad());
+    }
+    Ok(Some(Duration::from_secs_f64(v * scale)))
+}
 
 /// Names clients use for files still being written: never claimed.
 pub fn is_in_progress_name(name: &OsStr) -> bool {
@@ -170,6 +219,35 @@ pub fn candidates(name: &str) -> impl Iterator<Item = String> + '_ {
 mod tests {
     use super::*;
     use std::os::unix::ffi::OsStrExt;
+
+    #[test]
+    fn a_job_names_its_deadline_in_ms_or_s() {
+        let d = |n: &str| deadline_in_name(n);
+        assert_eq!(d("a.npy"), Ok(None));
+        assert_eq!(
+            d("img.deadline=250ms.npy"),
+            Ok(Some(Duration::from_millis(250)))
+        );
+        assert_eq!(d("deadline=2s.npz"), Ok(Some(Duration::from_secs(2))));
+        assert_eq!(
+            d("b.deadline=1.5s.safetensors"),
+            Ok(Some(Duration::from_millis(1500)))
+        );
+        assert_eq!(d("b.deadline=0.5ms"), Ok(Some(Duration::from_micros(500))));
+        // Part of another word: not the field.
+        assert_eq!(d("nodeadline=3s.npy"), Ok(None));
+        for bad in [
+            "x.deadline=.npy",
+            "x.deadline=fast.npy",
+            "x.deadline=250.npy",
+            "x.deadline=250min.npy",
+            "x.deadline=0ms.npy",
+            "x.deadline=1.2.3s.npy",
+        ] {
+            let e = d(bad).unwrap_err();
+            assert!(e.contains("deadline=250ms"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn outputs_derive_from_the_whole_name() {

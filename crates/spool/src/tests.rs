@@ -92,7 +92,7 @@ fn scan_skips_uploads_in_progress_and_lists_oldest_first() {
         b"x",
     )
     .unwrap();
-    let names: Vec<OsString> = s.scan();
+    let names: Vec<OsString> = s.scan().into_iter().map(|w| w.name).collect();
     assert_eq!(names.len(), 3);
     assert_eq!(&names[..2], ["b.npy", "a.npy"]);
 }
