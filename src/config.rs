@@ -157,6 +157,7 @@ struct RawModel {
     max_batch_delay_ms: f64,
     deadline_ms: Option<f64>,
     on_deadline: Option<String>,
+    concurrent_batches: Option<toml::Value>,
     static_shapes: Option<usize>,
 }
 
@@ -231,6 +232,9 @@ pub struct ModelConfig {
     /// (`deadline=250ms`); None: only jobs that name one have one.
     pub deadline_ms: Option<f64>,
     pub on_deadline: OnDeadline,
+    /// How many batches may run at once on disjoint cores (lanes): None = chosen from the load
+    /// (`"auto"`); 1 = one batch at a time over every core.
+    pub concurrent_batches: Option<usize>,
     pub engine_options: EngineOptions,
 }
 
@@ -565,6 +569,18 @@ fn model(i: usize, m: RawModel, cores: Option<&[usize]>) -> Result<ModelConfig, 
             )
         }
     };
+    let concurrent_batches = match &m.concurrent_batches {
+        None => None,
+        Some(toml::Value::String(s)) if s == "auto" => None,
+        Some(toml::Value::Integer(n)) if (1..=1024).contains(n) => Some(*n as usize),
+        Some(other) => {
+            return refuse(
+                f("concurrent_batches"),
+                format!("{other} is neither \"auto\" nor a count of 1..1024"),
+                "leave it out (\"auto\": chosen from the load), or write e.g. concurrent_batches = 2 (it must divide the cores; 1: one batch at a time)",
+            )
+        }
+    };
     if !(1..=64).contains(&m.max_layouts) {
         return refuse(
             f("max_layouts"),
@@ -608,6 +624,7 @@ fn model(i: usize, m: RawModel, cores: Option<&[usize]>) -> Result<ModelConfig, 
         max_batch_delay_ms: m.max_batch_delay_ms,
         deadline_ms: m.deadline_ms,
         on_deadline,
+        concurrent_batches,
         name: m.name,
         source,
         versions,
@@ -950,6 +967,8 @@ mod tests {
             ("source = \"builtin:tiny_cnn\"\nmax_batch_delay_ms = -1.0", "model[0].max_batch_delay_ms", "between"),
             ("source = \"builtin:tiny_cnn\"\ndeadline_ms = 0.0", "model[0].deadline_ms", "not between 0 and 3600000"),
             ("source = \"builtin:tiny_cnn\"\non_deadline = \"drop\"", "model[0].on_deadline", "no on_deadline 'drop'"),
+            ("source = \"builtin:tiny_cnn\"\nconcurrent_batches = 0", "model[0].concurrent_batches", "neither"),
+            ("source = \"builtin:tiny_cnn\"\nconcurrent_batches = \"many\"", "model[0].concurrent_batches", "neither"),
             ("source = \"builtin:tiny_cnn\"\nmax_layouts = 0", "model[0].max_layouts", "out of range"),
             ("source = \"builtin:tiny_cnn\"\nstatic_shapes = 2", "model[0].static_shapes", "no static shapes"),
             ("source = \"builtin:tiny_cnn\"\nstatic_shapes = 65", "model[0].static_shapes", "out of range"),

@@ -344,7 +344,9 @@ fn a_batch_delay_coalesces_jobs_that_arrive_close_together() {
 #[test]
 fn a_wrong_profile_is_corrected_under_sustained_load_without_idle_gaps() {
     let _alone = alone();
-    let extra = "profile_budget_s = 15\nprecision = \"f32\"\nmax_probe_delay_ms = 0.001";
+    // One batch at a time: this is the plan table's exploration (lanes would measure the
+    // 1-thread points by themselves, and take the load exploration is tested under).
+    let extra = "profile_budget_s = 15\nprecision = \"f32\"\nmax_probe_delay_ms = 0.001\nconcurrent_batches = 1";
     let mut agent = Agent::configured(None, "", "builtin:resnet18", extra);
     fs::write(
         &agent.config,

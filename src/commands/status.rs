@@ -144,6 +144,35 @@ pub fn run(args: &Args) -> Result<i32> {
                 g.expired
             );
         }
+        let c = &m.concurrency;
+        if c.lanes > 1 || c.lane_batches > 0 {
+            let predicted: Vec<String> = c
+                .predicted_ms
+                .iter()
+                .map(|(k, ms)| {
+                    if ms.is_finite() {
+                        format!("{k} lane(s) {ms:.1} ms")
+                    } else {
+                        format!("{k} lane(s) cannot keep up")
+                    }
+                })
+                .collect();
+            println!(
+                "  concurrent batches ({}): {} lane(s) now, {} in flight (at most {}), {} lane batches, {} switches; at {:.1} jobs/s{}",
+                c.setting,
+                c.lanes,
+                c.in_flight,
+                c.max_in_flight,
+                c.lane_batches,
+                c.switches,
+                c.arrival_rate,
+                if predicted.is_empty() {
+                    String::new()
+                } else {
+                    format!(" predicted {}", predicted.join(", "))
+                }
+            );
+        }
         println!(
             "  plan ({:?}) at max_batch {}: {}  predicted {}",
             m.plan_source,

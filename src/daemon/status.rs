@@ -161,6 +161,34 @@ impl Status {
             }),
         );
         family(
+            "packrat_lanes",
+            "gauge",
+            "How many batches may run at once now, each on its own share of the cores (1: one batch over every core).",
+            per_model(&|m, l| vec![format!("packrat_lanes{{{l}}} {}", m.concurrency.lanes)]),
+        );
+        family(
+            "packrat_batches_in_flight",
+            "gauge",
+            "Batches running now.",
+            per_model(&|m, l| {
+                vec![format!(
+                    "packrat_batches_in_flight{{{l}}} {}",
+                    m.concurrency.in_flight
+                )]
+            }),
+        );
+        family(
+            "packrat_lane_batches_total",
+            "counter",
+            "Batches run on a lane (several batches at once).",
+            per_model(&|m, l| {
+                vec![format!(
+                    "packrat_lane_batches_total{{{l}}} {}",
+                    m.concurrency.lane_batches
+                )]
+            }),
+        );
+        family(
             "packrat_model_version_info",
             "gauge",
             "The version each model serves (always 1).",

@@ -201,6 +201,11 @@ impl Adapter {
         (adapter, was_restored)
     }
 
+    /// The live profile's curve and the batch-size mix (what lanes are planned from).
+    pub fn curve_and_weights(&self) -> Option<(Curve, Vec<f64>)> {
+        Some((self.live.curve().ok()?, self.weights()))
+    }
+
     /// The table the menu gives for the live profile now (start-up, restore).
     pub fn table(&mut self) -> anyhow::Result<PlanTable> {
         let (table, report) = self.bounded(&self.live.curve()?, &self.weights())?;

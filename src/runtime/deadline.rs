@@ -52,21 +52,31 @@ pub fn work_ms(items: usize, max_batch: usize, batch_ms: &dyn Fn(usize) -> f64) 
 
 /// The waiting jobs (in the order they run) that cannot finish by when they are due, with
 /// what the prediction said: each is predicted after `ahead` jobs already owned and every
-/// kept job before it, of `items_per_job` items each. Shed jobs are not counted ahead.
+/// kept job before it, of `items_per_job` items each, the batches before its own spread over
+/// `lanes` lanes. Shed jobs are not counted ahead.
 pub fn to_shed(
     now: SystemTime,
     ahead: usize,
     waiting: &[Pending],
     items_per_job: f64,
     max_batch: usize,
+    lanes: usize,
     batch_ms: &dyn Fn(usize) -> f64,
 ) -> Vec<(usize, Duration)> {
     let per_job = items_per_job.max(1.0);
+    let max = max_batch.max(1);
     let mut queued = ahead as f64 * per_job;
     let mut shed = Vec::new();
     for (k, p) in waiting.iter().enumerate() {
         let with_it = (queued + per_job).round() as usize;
-        let finish = Duration::from_secs_f64(work_ms(with_it, max_batch, batch_ms).max(0.0) / 1e3);
+        let total = work_ms(with_it, max, batch_ms);
+        // Its own batch (the last) runs whole; those before it spread over the lanes.
+        let own = match with_it % max {
+            0 => batch_ms(max),
+            rest => batch_ms(rest),
+        };
+        let ms = (total - own) / lanes.max(1) as f64 + own;
+        let finish = Duration::from_secs_f64(ms.max(0.0) / 1e3);
         match p.due {
             Some(due) if now + finish > due => shed.push((k, finish)),
             _ => queued += per_job,
@@ -158,18 +168,28 @@ mod tests {
             .into_iter()
             .map(|d| pending(d, now))
             .collect();
-        let shed = to_shed(now, 0, &w, 1.0, 1, &ms);
+        let shed = to_shed(now, 0, &w, 1.0, 1, 1, &ms);
         // 1st finishes at 100 ms (kept), 2nd would at 200 > 150 (shed), 3rd at 200 ≤ 250,
         // the one without a deadline at 300, the last at 400 > 350.
         let k: Vec<usize> = shed.iter().map(|s| s.0).collect();
         assert_eq!(k, [1, 4]);
         assert_eq!(shed[0].1, Duration::from_millis(200));
         // Two owned jobs ahead: only the one without a deadline is kept.
-        let k: Vec<usize> = to_shed(now, 2, &w, 1.0, 1, &ms)
+        let k: Vec<usize> = to_shed(now, 2, &w, 1.0, 1, 1, &ms)
             .iter()
             .map(|s| s.0)
             .collect();
         assert_eq!(k, [0, 1, 2, 4]);
+    }
+
+    #[test]
+    fn with_lanes_the_batches_ahead_spread_over_them() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let ms = |b: usize| 100.0 * b as f64;
+        let w: Vec<Pending> = (0..4).map(|_| pending(Some(250), now)).collect();
+        // One lane: 100, 200, 300 > 250, ... Two lanes: 100, 150, 200, 250 — all make it.
+        assert_eq!(to_shed(now, 0, &w, 1.0, 1, 1, &ms).len(), 2);
+        assert!(to_shed(now, 0, &w, 1.0, 1, 2, &ms).is_empty());
     }
 
     #[test]

@@ -18,13 +18,14 @@
 //! attribute `user.packrat.version`, and safetensors' `__metadata__`).
 
 use std::ffi::OsString;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 use tch::Tensor;
 
 use super::deadline;
+use super::lanes::{self, Lanes};
 use super::queue::Next;
 use super::version::ModelVersion;
 use super::ModelRuntime;
@@ -65,38 +66,58 @@ struct Loaded {
     due: Option<SystemTime>,
 }
 
-/// A batch of `b` items predicted in ms: the version's plan, else as measured so far.
-fn batch_ms<'a>(rt: &'a ModelRuntime, v: &'a ModelVersion) -> impl Fn(usize) -> f64 + 'a {
+/// Where a batch runs: over every core (the plan table), or on one lane of a lane set.
+#[derive(Clone)]
+enum Target {
+    All,
+    Lane(Arc<Lanes>, usize),
+}
+
+impl Target {
+    fn lanes(&self) -> Option<&Lanes> {
+        match self {
+            Target::All => None,
+            Target::Lane(l, _) => Some(l),
+        }
+    }
+}
+
+/// A batch of `b` items predicted in ms on `target`: the version's plan, else as measured.
+fn batch_ms<'a>(
+    rt: &'a ModelRuntime,
+    v: &'a ModelVersion,
+    target: &'a Target,
+) -> impl Fn(usize) -> f64 + 'a {
     move |b| {
-        v.predict_ms(b)
+        v.predict_on(target.lanes(), b)
             .or_else(|| rt.stats().measured_batch_ms(b))
             .unwrap_or(0.0)
     }
 }
 
 impl Loaded {
-    /// When this job, run by itself from now, is predicted to finish.
-    fn alone_finishes(&self, rt: &ModelRuntime) -> SystemTime {
-        let f = batch_ms(rt, &self.version);
-        let ms = deadline::work_ms(self.items, self.version.cfg.max_batch, &f);
-        SystemTime::now() + Duration::from_secs_f64(ms.max(0.0) / 1e3)
-    }
-
-    /// Due, and predicted to finish after (None: it can make it, or has no deadline).
-    fn cannot_make_it(&self, rt: &ModelRuntime) -> Option<(SystemTime, SystemTime)> {
+    /// Due, and predicted to finish after, were it run by itself from now on `target` (None:
+    /// it can make it, or has no deadline).
+    fn cannot_make_it(
+        &self,
+        rt: &ModelRuntime,
+        target: &Target,
+    ) -> Option<(SystemTime, SystemTime)> {
         let due = self.due?;
-        let at = self.alone_finishes(rt);
+        let f = batch_ms(rt, &self.version, target);
+        let ms = deadline::work_ms(self.items, self.version.cfg.max_batch, &f);
+        let at = SystemTime::now() + Duration::from_secs_f64(ms.max(0.0) / 1e3);
         (at > due).then_some((due, at))
     }
 }
 
 /// With `on_deadline = "fail"`: a claimed job that cannot make its deadline even alone is
 /// failed unrun; otherwise it is given back to run.
-fn expire_if_late(rt: &ModelRuntime, l: Loaded, fail_late: bool) -> Option<Loaded> {
-    if !fail_late {
+fn expire_if_late(rt: &ModelRuntime, l: Loaded, target: &Target) -> Option<Loaded> {
+    if rt.settings().on_deadline != OnDeadline::Fail {
         return Some(l);
     }
-    let Some((due, at)) = l.cannot_make_it(rt) else {
+    let Some((due, at)) = l.cannot_make_it(rt, target) else {
         return Some(l);
     };
     let now = SystemTime::now();
@@ -106,8 +127,9 @@ fn expire_if_late(rt: &ModelRuntime, l: Loaded, fail_late: bool) -> Option<Loade
 }
 
 /// With `on_deadline = "fail"`, between batches: fails the waiting jobs predicted to finish
-/// after they are due, without running them (claiming each first, so it ends once).
-fn shed(rt: &ModelRuntime) {
+/// after they are due, without running them (claiming each first, so it ends once). With `k`
+/// lanes the batches ahead spread over them.
+fn shed(rt: &ModelRuntime, target: &Target) {
     let cfg = rt.settings();
     if cfg.on_deadline != OnDeadline::Fail {
         return;
@@ -119,13 +141,15 @@ fn shed(rt: &ModelRuntime) {
     let v = rt.serving();
     let per_job = rt.stats().items_per_job();
     let now = SystemTime::now();
+    let k = target.lanes().map_or(1, |l| l.k);
     let shed = deadline::to_shed(
         now,
         owned,
         &waiting,
         per_job,
         cfg.max_batch,
-        &batch_ms(rt, &v),
+        k,
+        &batch_ms(rt, &v, target),
     );
     if shed.is_empty() {
         return;
@@ -147,73 +171,270 @@ fn shed(rt: &ModelRuntime) {
     }
 }
 
-/// Runs until the queue is stopped; the batch in flight finishes first.
-pub(super) fn run(rt: &ModelRuntime) {
-    let mut carry: Option<Loaded> = None;
-    loop {
-        shed(rt);
-        let fail_late = rt.settings().on_deadline == OnDeadline::Fail;
-        let first = match carry.take() {
-            Some(l) => l,
-            None => {
-                idle(rt);
-                match next_loaded(rt, true) {
-                    Some(l) => l,
-                    None => break,
-                }
+/// Coalesces what is waiting behind `first` into one batch for `target`, up to `max` items
+/// (waiting for more only up to the batch delay), while its jobs that can still make their
+/// deadlines are predicted to; the first job that does not fit is left in `carry`.
+fn coalesce(
+    rt: &ModelRuntime,
+    first: Loaded,
+    max: usize,
+    target: &Target,
+    carry: &mut Option<Loaded>,
+) -> Vec<Loaded> {
+    let delay = Duration::from_secs_f64(rt.settings().max_batch_delay_ms / 1e3);
+    let wait_until = Instant::now() + delay;
+    // The earliest deadline in the batch that can still be made.
+    let mut due = first
+        .due
+        .filter(|_| first.cannot_make_it(rt, target).is_none());
+    let mut group = vec![first];
+    let mut total = group[0].items;
+    while total < max {
+        let Some(l) = next_loaded(rt, false) else {
+            let left = wait_until.saturating_duration_since(Instant::now());
+            if !left.is_zero() && rt.queue.wait_for_work(left) {
+                continue;
             }
+            break;
         };
-        let Some(first) = expire_if_late(rt, first, fail_late) else {
+        let Some(l) = expire_if_late(rt, l, target) else {
             continue;
         };
-        // Exploring a point only small batches reach: keep this one small if it can be.
-        let max = first
-            .version
-            .explore_cap()
-            .filter(|&(lo, hi)| (lo..=hi).contains(&first.items))
-            .map_or(first.version.cfg.max_batch, |(_, hi)| hi);
-        let delay = Duration::from_secs_f64(rt.settings().max_batch_delay_ms / 1e3);
-        let wait_until = Instant::now() + delay;
-        // The earliest deadline in the batch that can still be made: the batch grows only
-        // while it is predicted to finish by then.
-        let mut due = first.due.filter(|_| first.cannot_make_it(rt).is_none());
-        let mut group = vec![first];
-        let mut total = group[0].items;
-        // Coalesce what is waiting; wait for more only up to the batch delay.
-        while total < max {
-            let Some(l) = next_loaded(rt, false) else {
-                let left = wait_until.saturating_duration_since(Instant::now());
-                if !left.is_zero() && rt.queue.wait_for_work(left) {
-                    continue;
-                }
-                break;
-            };
-            let Some(l) = expire_if_late(rt, l, fail_late) else {
-                continue;
-            };
-            let v = &group[0].version;
-            let in_time = |due: Option<SystemTime>| {
-                let Some(due) = due else { return true };
-                let ms = batch_ms(rt, v)(total + l.items);
-                SystemTime::now() + Duration::from_secs_f64(ms.max(0.0) / 1e3) <= due
-            };
-            let l_due = l.due.filter(|_| l.cannot_make_it(rt).is_none());
-            if total + l.items <= max
-                && Arc::ptr_eq(&l.version, v)
-                && in_time(due)
-                && in_time(l_due)
-            {
-                total += l.items;
-                due = due.into_iter().chain(l_due).min();
-                group.push(l);
-            } else {
-                carry = Some(l);
-                break;
+        let v = &group[0].version;
+        let in_time = |due: Option<SystemTime>| {
+            let Some(due) = due else { return true };
+            let ms = batch_ms(rt, v, target)(total + l.items);
+            SystemTime::now() + Duration::from_secs_f64(ms.max(0.0) / 1e3) <= due
+        };
+        let l_due = l.due.filter(|_| l.cannot_make_it(rt, target).is_none());
+        if total + l.items <= max && Arc::ptr_eq(&l.version, v) && in_time(due) && in_time(l_due) {
+            total += l.items;
+            due = due.into_iter().chain(l_due).min();
+            group.push(l);
+        } else {
+            *carry = Some(l);
+            break;
+        }
+    }
+    group
+}
+
+/// How many batches run at once: re-weighed every [`lanes::CHOOSE_EVERY`] from the load.
+#[derive(Default)]
+struct Mode {
+    k: usize,
+    at: Option<Instant>,
+}
+
+impl Mode {
+    /// Where the next batch goes: a lane set of the serving version, or every core.
+    fn target(&mut self, rt: &ModelRuntime) -> Option<Arc<Lanes>> {
+        let v = rt.serving();
+        if self.at.is_none_or(|t| t.elapsed() >= lanes::CHOOSE_EVERY) {
+            self.at = Some(Instant::now());
+            let per_job = rt.stats().items_per_job();
+            // The backlog counts as if it came within a second: it is to be drained.
+            let jobs_per_s = rt.arrival_rate() + rt.queue.len() as f64;
+            let (k, predicted) = v.choose_lanes(
+                rt.settings().concurrent_batches,
+                jobs_per_s * per_job,
+                per_job,
+                self.k.max(1),
+            );
+            if k != self.k.max(1) {
+                log::info!(
+                    "model {}: {} now ({:.1} jobs/s with the backlog; predicted mean latency {})",
+                    rt.name,
+                    if k == 1 {
+                        "one batch at a time over every core".to_string()
+                    } else {
+                        format!("{k} batches at once on their own cores")
+                    },
+                    jobs_per_s,
+                    predicted
+                        .iter()
+                        .map(|(k, ms)| format!("{k} lane(s) {ms:.1} ms"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            rt.lanes_chosen(k, jobs_per_s, predicted, k != self.k.max(1));
+            self.k = k;
+        }
+        v.lanes(self.k)
+    }
+}
+
+/// A batch for a lane worker.
+struct LaneBatch {
+    group: Vec<Loaded>,
+    target: Target,
+}
+
+/// The threads that run lane batches, one per lane slot, started as lanes are first used;
+/// each runs its batch, writes its outcomes and reports back, with no barrier on the others.
+struct LaneWorkers<'scope, 'env> {
+    txs: Vec<mpsc::Sender<LaneBatch>>,
+    busy: Vec<bool>,
+    /// The lane count of the batches now running (a different count reuses the cores
+    /// differently: every batch finishes first).
+    running_k: usize,
+    done_tx: mpsc::Sender<usize>,
+    done_rx: mpsc::Receiver<usize>,
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+}
+
+impl<'scope, 'env> LaneWorkers<'scope, 'env> {
+    fn new(scope: &'scope std::thread::Scope<'scope, 'env>) -> Self {
+        let (done_tx, done_rx) = mpsc::channel();
+        LaneWorkers {
+            txs: Vec::new(),
+            busy: Vec::new(),
+            running_k: 0,
+            done_tx,
+            done_rx,
+            scope,
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.busy.iter().filter(|b| **b).count()
+    }
+
+    fn collect(&mut self, block: bool) {
+        let got = if block {
+            self.done_rx.recv().ok()
+        } else {
+            self.done_rx.try_recv().ok()
+        };
+        if let Some(l) = got {
+            self.busy[l] = false;
+            while let Ok(l) = self.done_rx.try_recv() {
+                self.busy[l] = false;
             }
         }
-        run_group(rt, group);
-        between_batches(rt);
     }
+
+    /// Waits until no lane batch runs.
+    fn wait_idle(&mut self) {
+        self.collect(false);
+        while self.in_flight() > 0 {
+            self.collect(true);
+        }
+    }
+
+    /// A free lane of `k` (waiting for one), its worker started.
+    fn free(&mut self, rt: &'env ModelRuntime, k: usize) -> usize {
+        if k != self.running_k {
+            self.wait_idle();
+            self.running_k = k;
+        }
+        loop {
+            self.collect(false);
+            if let Some(l) = (0..k).find(|&l| !self.busy.get(l).copied().unwrap_or(false)) {
+                self.start(rt, l);
+                return l;
+            }
+            self.collect(true);
+        }
+    }
+
+    fn start(&mut self, rt: &'env ModelRuntime, lane: usize) {
+        while self.txs.len() <= lane {
+            let (tx, rx) = mpsc::channel::<LaneBatch>();
+            let done = self.done_tx.clone();
+            let slot = self.txs.len();
+            let spawned = std::thread::Builder::new()
+                .name(format!("pr-lane-{slot}"))
+                .spawn_scoped(self.scope, move || {
+                    for b in rx {
+                        run_group(rt, b.group, &b.target);
+                        let _ = done.send(slot);
+                    }
+                });
+            if let Err(e) = spawned {
+                // Without a worker the batch runs on the dispatcher (see `send`).
+                log::error!("model {}: cannot spawn a lane thread: {e}", rt.name);
+            }
+            self.txs.push(tx);
+            self.busy.push(false);
+        }
+    }
+
+    /// Hands `group` to its lane's worker (or runs it here, should the worker be gone).
+    fn send(&mut self, rt: &ModelRuntime, lane: usize, group: Vec<Loaded>, target: Target) {
+        self.busy[lane] = true;
+        rt.lanes_in_flight(self.in_flight());
+        if let Err(mpsc::SendError(b)) = self.txs[lane].send(LaneBatch { group, target }) {
+            self.busy[lane] = false;
+            run_group(rt, b.group, &b.target);
+        }
+    }
+}
+
+/// Runs until the queue is stopped; the batches in flight finish first.
+pub(super) fn run(rt: &ModelRuntime) {
+    let mut carry: Option<Loaded> = None;
+    std::thread::scope(|s| {
+        let mut workers = LaneWorkers::new(s);
+        let mut mode = Mode::default();
+        loop {
+            let lanes = mode.target(rt);
+            let first_target = lanes
+                .as_ref()
+                .map_or(Target::All, |l| Target::Lane(l.clone(), 0));
+            shed(rt, &first_target);
+            let target = match &lanes {
+                None => {
+                    // A batch over every core: the lanes' batches finish first.
+                    workers.wait_idle();
+                    Target::All
+                }
+                Some(l) => Target::Lane(l.clone(), workers.free(rt, l.k)),
+            };
+            rt.lanes_in_flight(workers.in_flight());
+            let first = match carry.take() {
+                Some(l) => l,
+                None => {
+                    // Idle-gap measurements take every core: only while no lane runs.
+                    if workers.in_flight() == 0 {
+                        idle(rt);
+                    }
+                    match next_loaded(rt, true) {
+                        Some(l) => l,
+                        None => break,
+                    }
+                }
+            };
+            let Some(first) = expire_if_late(rt, first, &target) else {
+                continue;
+            };
+            let max = match &target {
+                // Exploring a point only small batches reach: keep this one small if it can be.
+                Target::All => first
+                    .version
+                    .explore_cap()
+                    .filter(|&(lo, hi)| (lo..=hi).contains(&first.items))
+                    .map_or(first.version.cfg.max_batch, |(_, hi)| hi),
+                Target::Lane(..) => first.version.cfg.max_batch,
+            };
+            let group = coalesce(rt, first, max, &target, &mut carry);
+            match target {
+                Target::Lane(l, lane) if Arc::ptr_eq(&group[0].version, &rt.serving()) => {
+                    workers.send(rt, lane, group, Target::Lane(l, lane));
+                }
+                // Jobs of a version switched away from meanwhile: on its own plan table.
+                Target::Lane(..) => {
+                    workers.wait_idle();
+                    run_group(rt, group, &Target::All);
+                }
+                Target::All => run_group(rt, group, &Target::All),
+            }
+            between_batches(rt);
+        }
+        workers.wait_idle();
+        rt.lanes_in_flight(0);
+    });
     if let Some(l) = carry {
         rt.queue.push_owned(vec![l.job]);
     }
@@ -315,7 +536,7 @@ fn model_error(e: anyhow::Error) -> JobError {
     JobError::new(ErrorKind::ModelError, format!("{e:#}"))
 }
 
-fn run_group(rt: &ModelRuntime, mut group: Vec<Loaded>) {
+fn run_group(rt: &ModelRuntime, mut group: Vec<Loaded>, target: &Target) {
     // Count the run first: if the agent dies now, whoever takes these jobs over knows they ran.
     if let Err(e) = group
         .iter_mut()
@@ -333,17 +554,17 @@ fn run_group(rt: &ModelRuntime, mut group: Vec<Loaded>) {
         .count();
     rt.stats().goodput.started_late += late as u64;
     let version = group[0].version.clone();
-    rt.busy.set(true);
-    let result = if group.len() == 1 {
-        let out = run_one(rt, &group[0]);
-        if let Ok(out) = &out {
-            version.check_precision(&rt.queue, &group[0].inputs, out);
+    let result = rt.busy.during(|| {
+        if group.len() == 1 {
+            let out = run_one(rt, &group[0], target);
+            if let Ok(out) = &out {
+                version.check_precision(&rt.queue, &group[0].inputs, out);
+            }
+            out.map(|o| vec![o])
+        } else {
+            run_coalesced(rt, &group, target)
         }
-        out.map(|o| vec![o])
-    } else {
-        run_coalesced(rt, &group)
-    };
-    rt.busy.set(false);
+    });
     let fail = |l: Loaded, e: anyhow::Error| {
         let label = l.version.label.clone();
         rt.fail(l.job, &model_error(e), Some(&label));
@@ -367,7 +588,7 @@ fn run_group(rt: &ModelRuntime, mut group: Vec<Loaded>) {
                 group.len()
             );
             for mut l in group {
-                match run_one(rt, &l) {
+                match run_one(rt, &l, target) {
                     Ok(out) => {
                         rt.spool.forget_runs(&mut l.job);
                         finish(rt, l, &out)
@@ -447,15 +668,28 @@ fn finish(rt: &ModelRuntime, l: Loaded, out: &Outputs) {
     }
 }
 
-/// Runs one batch (≤ max_batch items) on the version and counts it.
-fn run_batch(rt: &ModelRuntime, v: &ModelVersion, inputs: &[Tensor], n: usize) -> Result<Outputs> {
-    let (out, took) = v.run_batch(inputs, n)?;
+/// Runs one batch (≤ max_batch items) on the version, on `target`, and counts it.
+fn run_batch(
+    rt: &ModelRuntime,
+    v: &ModelVersion,
+    inputs: &[Tensor],
+    n: usize,
+    target: &Target,
+) -> Result<Outputs> {
+    let (out, took) = match target {
+        Target::All => v.run_batch(inputs, n)?,
+        Target::Lane(lanes, lane) => {
+            let ran = v.run_on_lane(lanes, *lane, inputs, n)?;
+            rt.lane_batch();
+            ran
+        }
+    };
     rt.stats().record_batch(took, n);
     Ok(out)
 }
 
 /// One job, in chunks of max_batch when it is larger.
-fn run_one(rt: &ModelRuntime, l: &Loaded) -> Result<Outputs> {
+fn run_one(rt: &ModelRuntime, l: &Loaded, target: &Target) -> Result<Outputs> {
     let max = l.version.cfg.max_batch;
     let mut parts = Vec::new();
     let mut off = 0;
@@ -466,19 +700,19 @@ fn run_one(rt: &ModelRuntime, l: &Loaded) -> Result<Outputs> {
             .iter()
             .map(|t| t.narrow(0, off as i64, n as i64))
             .collect();
-        parts.push(run_batch(rt, &l.version, &inputs, n)?);
+        parts.push(run_batch(rt, &l.version, &inputs, n, target)?);
         off += n;
     }
     concat_outputs(parts)
 }
 
-fn run_coalesced(rt: &ModelRuntime, group: &[Loaded]) -> Result<Vec<Outputs>> {
+fn run_coalesced(rt: &ModelRuntime, group: &[Loaded], target: &Target) -> Result<Vec<Outputs>> {
     let total: usize = group.iter().map(|l| l.items).sum();
     let n_inputs = group[0].inputs.len();
     let inputs: Vec<Tensor> = (0..n_inputs)
         .map(|k| Tensor::f_cat(&group.iter().map(|l| &l.inputs[k]).collect::<Vec<_>>(), 0))
         .collect::<Result<_, _>>()?;
-    let out = run_batch(rt, &group[0].version, &inputs, total)?;
+    let out = run_batch(rt, &group[0].version, &inputs, total, target)?;
     let sizes: Vec<usize> = group.iter().map(|l| l.items).collect();
     split_outputs(out, &sizes)
 }

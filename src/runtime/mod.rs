@@ -18,6 +18,7 @@ pub mod adapt;
 pub mod deadline;
 mod dispatcher;
 pub mod explore;
+pub mod lanes;
 pub mod lifecycle;
 pub mod load;
 pub mod plans;
@@ -40,6 +41,7 @@ use crate::planner::{Plan, PlanSource};
 use crate::spool::{ErrorKind, Job, JobError, Spool, StorageError};
 use adapt::AdaptStatus;
 use deadline::DeadlineStatus;
+use lanes::{Arrivals, LanesStatus};
 use lifecycle::{Lifecycle, VersionsStatus};
 use load::Place;
 use precision::PrecisionStatus;
@@ -106,6 +108,9 @@ pub struct ModelStatus {
     /// expired unrun.
     #[serde(default)]
     pub deadlines: DeadlineStatus,
+    /// Batches in flight at once (lanes).
+    #[serde(default)]
+    pub concurrency: LanesStatus,
 }
 
 pub struct ModelRuntime {
@@ -128,6 +133,8 @@ pub struct ModelRuntime {
     stats: Mutex<Stats>,
     storage: Mutex<StorageHealth>,
     busy: Busy,
+    arrivals: Mutex<Arrivals>,
+    lanes: Mutex<LanesStatus>,
 }
 
 impl ModelRuntime {
@@ -147,7 +154,40 @@ impl ModelRuntime {
             stats: Mutex::new(Stats::default()),
             storage: Mutex::new(StorageHealth::default()),
             busy: Busy::default(),
+            arrivals: Mutex::new(Arrivals::default()),
+            lanes: Mutex::new(LanesStatus::default()),
         }
+    }
+
+    fn lanes_status(&self) -> MutexGuard<'_, LanesStatus> {
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Jobs per second arriving in incoming/ lately.
+    pub fn arrival_rate(&self) -> f64 {
+        self.arrivals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .rate()
+    }
+
+    /// The dispatcher chose `k` lanes at `rate` jobs/s (backlog included).
+    fn lanes_chosen(&self, k: usize, rate: f64, predicted: Vec<(usize, f64)>, switched: bool) {
+        let mut s = self.lanes_status();
+        s.lanes = k;
+        s.arrival_rate = rate;
+        s.predicted_ms = predicted;
+        s.switches += u64::from(switched);
+    }
+
+    fn lanes_in_flight(&self, n: usize) {
+        let mut s = self.lanes_status();
+        s.in_flight = n;
+        s.max_in_flight = s.max_in_flight.max(n);
+    }
+
+    fn lane_batch(&self) {
+        self.lanes_status().lane_batches += 1;
     }
 
     /// The version serving now.
@@ -363,9 +403,12 @@ impl ModelRuntime {
     /// job is due.
     pub fn offer_waiting(&self) {
         let cfg = self.settings();
-        let pending = self
-            .spool
-            .scan()
+        let scanned = self.spool.scan();
+        self.arrivals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .scanned(scanned.iter().map(|w| &w.name));
+        let pending = scanned
             .into_iter()
             .map(|w| Pending {
                 due: deadline::due_waiting(&w.name, w.arrived, &cfg),
@@ -519,8 +562,15 @@ impl ModelRuntime {
             .chain(versions.loading.clone())
             .collect();
         let settings = self.settings();
+        let mut concurrency = self.lanes_status().clone();
+        concurrency.setting = settings
+            .concurrent_batches
+            .map_or_else(|| "auto".into(), |n| n.to_string());
+        concurrency.lanes = concurrency.lanes.max(1);
+        concurrency.lane_instances = v.lane_instances(concurrency.lanes);
         let stats = self.stats();
         ModelStatus {
+            concurrency,
             deadlines: DeadlineStatus {
                 deadline_ms: settings.deadline_ms,
                 on_deadline: settings.on_deadline,

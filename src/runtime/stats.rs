@@ -277,21 +277,33 @@ pub struct SetStarts {
     pub on_dispatch: u64,
 }
 
-/// When the forward pass now running started (None: idle). The watchdog reads it.
+/// When each forward pass now running started (several, with batches in flight on lanes).
+/// The watchdog reads the oldest.
 #[derive(Default)]
-pub struct Busy(std::sync::Mutex<Option<Instant>>);
+pub struct Busy(std::sync::Mutex<(u64, Vec<(u64, Instant)>)>);
 
 impl Busy {
-    /// Marks a forward pass as running (`true`) or done.
-    pub fn set(&self, running: bool) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = running.then(Instant::now);
-    }
-
-    /// How long the forward pass now running has run, if one is.
-    pub fn for_how_long(&self) -> Option<Duration> {
+    /// Runs `f` as a forward pass: counted as running until it returns.
+    pub fn during<T>(&self, f: impl FnOnce() -> T) -> T {
+        let id = {
+            let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            g.0 += 1;
+            let id = g.0;
+            g.1.push((id, Instant::now()));
+            id
+        };
+        let out = f();
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .map(|t| t.elapsed())
+            .1
+            .retain(|(i, _)| *i != id);
+        out
+    }
+
+    /// How long the oldest forward pass now running has run, if one is.
+    pub fn for_how_long(&self) -> Option<Duration> {
+        let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.1.iter().map(|(_, t)| t.elapsed()).max()
     }
 }

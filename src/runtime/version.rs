@@ -17,6 +17,7 @@ use anyhow::{Context, Result};
 use tch::Tensor;
 
 use super::adapt::{self, AdaptStatus, Adapter, Decision, Probe, Reason, Replan};
+use super::lanes::{self, Lanes};
 use super::plans::{self, layout, PlanState};
 use super::precision::{self, PrecisionStatus, Resolved};
 use super::queue::JobQueue;
@@ -25,13 +26,21 @@ use crate::config::ModelConfig;
 use crate::engine::{
     InstanceInfo, InstancePool, InstanceSet, InstanceSpec, Model, Outputs, Specialized,
 };
+use crate::planner::serving;
 use crate::planner::topology::Topology;
 use crate::planner::{Plan, PlanTable};
 
 /// Instance sets a pool may hold: the table's layouts (bounded by `max_layouts`), the next
 /// table's while it is being prepared, and a margin.
-fn pool_capacity(cfg: &ModelConfig) -> usize {
-    2 * cfg.adapt.max_layouts + 4
+fn pool_capacity(cfg: &ModelConfig, cores: usize) -> usize {
+    2 * cfg.adapt.max_layouts + 4 + lanes::LANE_LAYOUTS * cores
+}
+
+/// Lane plans for the table in force, per lane count (None: that count cannot be run).
+#[derive(Default)]
+struct LaneCache {
+    table: Option<Arc<PlanTable>>,
+    sets: std::collections::BTreeMap<usize, Option<Arc<Lanes>>>,
 }
 
 pub struct ModelVersion {
@@ -58,6 +67,7 @@ pub struct ModelVersion {
     preparing: Arc<AtomicBool>,
     /// What the instance sets' sessions found when readied for their shapes.
     specialized: Arc<Mutex<Vec<Specialized>>>,
+    lanes: Mutex<LaneCache>,
 }
 
 impl ModelVersion {
@@ -69,7 +79,8 @@ impl ModelVersion {
         topo: Topology,
         adapter: Option<Adapter>,
     ) -> ModelVersion {
-        let pool = InstancePool::new(resolved.model.clone(), &cfg.name, pool_capacity(&cfg));
+        let capacity = pool_capacity(&cfg, topo.len());
+        let pool = InstancePool::new(resolved.model.clone(), &cfg.name, capacity);
         let probe_pool = InstancePool::new(resolved.model, "probe", 8);
         ModelVersion {
             topo,
@@ -79,6 +90,7 @@ impl ModelVersion {
             pending: Mutex::new(None),
             preparing: Arc::new(AtomicBool::new(false)),
             specialized: Arc::new(Mutex::new(Vec::new())),
+            lanes: Mutex::new(LaneCache::default()),
             cfg,
             plans: PlanState::new(table),
             pool: RwLock::new(Arc::new(pool)),
@@ -128,9 +140,12 @@ impl ModelVersion {
                 status.reason = Some(why);
                 *twin = None;
                 drop(status);
-                *self.pool.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(
-                    InstancePool::new(f32, &self.cfg.name, pool_capacity(&self.cfg)),
-                );
+                *self.pool.write().unwrap_or_else(|p| p.into_inner()) =
+                    Arc::new(InstancePool::new(
+                        f32,
+                        &self.cfg.name,
+                        pool_capacity(&self.cfg, self.topo.len()),
+                    ));
                 if let Err(e) = self.warm_up() {
                     log::error!("model {}: warm-up in f32 failed: {e:#}", self.name());
                 }
@@ -150,7 +165,165 @@ impl ModelVersion {
     /// exit once the batch in flight, if any, is done with them).
     pub fn set_plans(&self, table: PlanTable) {
         self.plans.set(table);
-        self.pool().retain(&self.plans.layouts());
+        // Lane sets stay warm too: the next lane plans mostly reuse their layouts.
+        let mut keep = self.plans.layouts();
+        keep.extend(
+            self.lane_cache()
+                .sets
+                .values()
+                .flatten()
+                .flat_map(|l| l.layouts()),
+        );
+        self.pool().retain(&keep);
+    }
+
+    fn lane_cache(&self) -> MutexGuard<'_, LaneCache> {
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lane plan for `k` lanes, from the live profile, for the table in force (cached
+    /// until the table changes). None: this version has no live profile (a fixed plan, or
+    /// `adapt = false`), or `k` does not split its cores evenly.
+    fn lane_plan(&self, k: usize) -> Option<Arc<Lanes>> {
+        let table = self.plans.table();
+        let mut cache = self.lane_cache();
+        if !cache.table.as_ref().is_some_and(|t| Arc::ptr_eq(t, &table)) {
+            cache.table = Some(table);
+            cache.sets.clear();
+        }
+        if let Some(l) = cache.sets.get(&k) {
+            return l.clone();
+        }
+        let built = self
+            .adapter()
+            .as_ref()
+            .and_then(Adapter::curve_and_weights)
+            .and_then(|(curve, w)| {
+                Lanes::build(&curve, &self.topo, k, self.cfg.max_batch, &w)
+                    .map_err(|e| log::debug!("model {}: no plan for {k} lanes: {e:#}", self.name()))
+                    .ok()
+                    .flatten()
+            })
+            .map(Arc::new);
+        cache.sets.insert(k, built.clone());
+        built
+    }
+
+    /// `k` lanes ready to serve: planned, their instance sets warm. None for k = 1, when `k`
+    /// lanes cannot run here, and while their sets are started on a helper thread.
+    pub fn lanes(&self, k: usize) -> Option<Arc<Lanes>> {
+        if k <= 1 {
+            return None;
+        }
+        let lanes = self.lane_plan(k)?;
+        let pool = self.pool();
+        let missing: Vec<Vec<InstanceSpec>> = lanes
+            .layouts()
+            .into_iter()
+            .filter(|l| pool.warm(l).is_none())
+            .collect();
+        if !missing.is_empty() {
+            self.prepare_in_background(pool, missing, None);
+            return None;
+        }
+        Some(lanes)
+    }
+
+    /// The lane count to run now, and every count's predicted mean job latency: `setting`
+    /// fixes it (when it can run here), else [`crate::planner::serving::choose`] decides at
+    /// `rate` items/s, jobs of `per_job` items, keeping `current` unless another is clearly
+    /// better.
+    pub fn choose_lanes(
+        &self,
+        setting: Option<usize>,
+        rate: f64,
+        per_job: f64,
+        current: usize,
+    ) -> (usize, Vec<(usize, f64)>) {
+        let cores = self.topo.len();
+        if let Some(n) = setting {
+            let k = serving::lane_counts(cores, n).last().copied().unwrap_or(1);
+            return (k, Vec::new());
+        }
+        let correction = self.correction();
+        let full = self.plans.table();
+        let one = move |b: usize| {
+            full.for_batch(b)
+                .predicted_latency_ms
+                .unwrap_or(f64::INFINITY)
+                * correction
+        };
+        let sets: Vec<(usize, Arc<Lanes>)> = serving::lane_counts(cores, cores)
+            .into_iter()
+            .filter(|&k| k > 1)
+            .filter_map(|k| self.lane_plan(k).map(|l| (k, l)))
+            .collect();
+        type BatchMs = Box<dyn Fn(usize) -> f64>;
+        let fns: Vec<(usize, BatchMs)> = std::iter::once((1, Box::new(one) as BatchMs))
+            .chain(sets.iter().map(|(k, l)| {
+                let l = l.clone();
+                let f: BatchMs = Box::new(move |b: usize| l.batch_ms(b) * correction);
+                (*k, f)
+            }))
+            .collect();
+        let options: Vec<serving::Choice<'_>> = fns
+            .iter()
+            .map(|(k, f)| serving::Choice {
+                lanes: *k,
+                batch_ms: f.as_ref(),
+            })
+            .collect();
+        match serving::choose(
+            &options,
+            rate,
+            per_job,
+            self.cfg.max_batch,
+            current,
+            lanes::HYSTERESIS,
+        ) {
+            Some((pick, all)) => (
+                pick.lanes,
+                all.iter().map(|p| (p.lanes, p.latency_ms)).collect(),
+            ),
+            None => (1, Vec::new()),
+        }
+    }
+
+    /// Runs a batch of `items` on lane `lane` of `lanes`, with that lane's plan for its size;
+    /// the live profile learns from it as from any batch.
+    pub fn run_on_lane(
+        &self,
+        lanes: &Lanes,
+        lane: usize,
+        inputs: &[Tensor],
+        items: usize,
+    ) -> Result<(Outputs, Duration)> {
+        let plan = lanes
+            .tables
+            .get(lane)
+            .context("no such lane")?
+            .for_batch(items)
+            .clone();
+        let set = self.pool().get(&layout(&plan))?;
+        let t0 = Instant::now();
+        let (out, per_instance) = set.run_timed(inputs, &plan.shares())?;
+        let took = t0.elapsed();
+        if let Some(a) = self.adapter().as_mut() {
+            a.observe(&plan, &per_instance, items, took);
+        }
+        log::debug!(
+            "model {} v{}: batch of {items} ran in {:.2} ms on lane {lane} of {} ({})",
+            self.name(),
+            self.label,
+            took.as_secs_f64() * 1e3,
+            lanes.k,
+            plan.summary()
+        );
+        self.drift
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(took, plan.predicted_latency_ms);
+        Ok((out, took))
     }
 
     /// Starts the instance sets of the most useful plans (max_batch first) and runs each once,
@@ -181,7 +354,20 @@ impl ModelVersion {
     /// corrected by the median error of the recent batches (within −50…+100 %); None when the
     /// plan has no prediction (a fixed plan without a profile).
     pub fn predict_ms(&self, items: usize) -> Option<f64> {
-        let p = self.plans.for_batch(items).predicted_latency_ms?;
+        let p = self.plans.table().for_batch(items).predicted_latency_ms?;
+        Some(p * self.correction())
+    }
+
+    /// [`Self::predict_ms`] on one lane of `lanes` (None: on every core, the plan table).
+    pub fn predict_on(&self, lanes: Option<&Lanes>, items: usize) -> Option<f64> {
+        match lanes {
+            None => self.predict_ms(items),
+            Some(l) => Some(l.batch_ms(items) * self.correction()).filter(|ms| ms.is_finite()),
+        }
+    }
+
+    /// The factor recent batches ran over their predictions (their median, within 0.5–2×).
+    fn correction(&self) -> f64 {
         let err = self
             .drift
             .lock()
@@ -189,7 +375,7 @@ impl ModelVersion {
             .recent_error_pct()
             .unwrap_or(0.0)
             .clamp(-50.0, 100.0);
-        Some(p * (1.0 + err / 100.0))
+        1.0 + err / 100.0
     }
 
     /// Runs `inputs` (a batch of `items` ≤ max_batch) with the plan for its size, and records
@@ -500,11 +686,9 @@ impl ModelVersion {
 
     fn probe(&self, set: &InstanceSet, probe: &Probe, k: usize, busy: &Busy) -> bool {
         let inputs = self.model().example_inputs((probe.batch * k) as i64);
-        busy.set(true);
         let t0 = Instant::now();
-        let res = set.run(&inputs, &vec![probe.batch; k]);
+        let res = busy.during(|| set.run(&inputs, &vec![probe.batch; k]));
         let ms = t0.elapsed().as_secs_f64() * 1e3;
-        busy.set(false);
         match res {
             Ok(_) => {
                 log::debug!(
@@ -531,6 +715,28 @@ impl ModelVersion {
     /// Live instance threads (tids, cores, thread counts), most recently used set first.
     pub fn instance_infos(&self) -> Vec<InstanceInfo> {
         self.pool().infos()
+    }
+
+    /// The warm instances of each lane of `k` (empty when those lanes are not planned).
+    pub fn lane_instances(&self, k: usize) -> Vec<Vec<InstanceInfo>> {
+        if k <= 1 {
+            return Vec::new();
+        }
+        let Some(lanes) = self.lane_cache().sets.get(&k).cloned().flatten() else {
+            return Vec::new();
+        };
+        let pool = self.pool();
+        lanes
+            .tables
+            .iter()
+            .map(|t| {
+                plans::layouts_of(t)
+                    .iter()
+                    .filter_map(|l| pool.warm(l))
+                    .flat_map(|set| set.infos())
+                    .collect()
+            })
+            .collect()
     }
 
     pub fn last_plan(&self) -> Option<Plan> {

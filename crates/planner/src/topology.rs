@@ -129,6 +129,18 @@ impl Topology {
         self.cpus.len()
     }
 
+    /// The part of this machine made of the CPUs `ids` (those it has), with their places.
+    pub fn subset(&self, ids: &[usize]) -> Topology {
+        Topology {
+            cpus: self
+                .cpus
+                .iter()
+                .filter(|c| ids.contains(&c.id))
+                .cloned()
+                .collect(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.cpus.is_empty()
     }
