@@ -149,12 +149,9 @@ pub fn run(args: &Args) -> Result<i32> {
             let predicted: Vec<String> = c
                 .predicted_ms
                 .iter()
-                .map(|(k, ms)| {
-                    if ms.is_finite() {
-                        format!("{k} lane(s) {ms:.1} ms")
-                    } else {
-                        format!("{k} lane(s) cannot keep up")
-                    }
+                .map(|(k, ms)| match ms {
+                    Some(ms) => format!("{k} lane(s) {ms:.1} ms"),
+                    None => format!("{k} lane(s) cannot keep up"),
                 })
                 .collect();
             println!(

@@ -122,8 +122,9 @@ pub struct LanesStatus {
     pub lane_batches: u64,
     /// Arrival rate (jobs/s) and backlog the last choice was made at.
     pub arrival_rate: f64,
-    /// Predicted mean job latency (ms) per lane count at the last choice.
-    pub predicted_ms: Vec<(usize, f64)>,
+    /// Predicted mean job latency (ms) per lane count at the last choice (None: that count
+    /// cannot keep up).
+    pub predicted_ms: Vec<(usize, Option<f64>)>,
     /// Lane-count switches so far.
     pub switches: u64,
     /// Each lane's warm instances (thread ids, cores), for the lane count now.

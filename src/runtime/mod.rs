@@ -176,7 +176,10 @@ impl ModelRuntime {
         let mut s = self.lanes_status();
         s.lanes = k;
         s.arrival_rate = rate;
-        s.predicted_ms = predicted;
+        s.predicted_ms = predicted
+            .into_iter()
+            .map(|(k, ms)| (k, Some(ms).filter(|m| m.is_finite())))
+            .collect();
         s.switches += u64::from(switched);
     }
 
