@@ -130,3 +130,70 @@ fn version_names_the_engines_and_this_cpu_with_its_features() {
         "{line}"
     );
 }
+
+/// `plan --rate` on the authors' 16-core ResNet profile: the lane count packrat picks, and
+/// each count's capacity.
+fn queue_plan(rate: f64) -> Vec<(usize, String, f64, bool)> {
+    let p = profile("resnet_cloudlab16.json");
+    let out = packrat(&[
+        "plan",
+        "--profile",
+        p.to_str().unwrap(),
+        "--cores",
+        "16",
+        "--batch",
+        "16",
+        "--rate",
+        &rate.to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(2)
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let lat = if l.contains("cannot keep up") {
+                "inf"
+            } else {
+                f[2]
+            };
+            let cap_at = if l.contains("cannot keep up") { 5 } else { 3 };
+            (
+                f[0].parse().unwrap(),
+                lat.to_string(),
+                f[cap_at].parse().unwrap(),
+                l.ends_with("<- packrat"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn plan_for_a_queue_splits_one_batch_at_low_load_and_runs_lanes_near_saturation() {
+    let low = queue_plan(1.0);
+    assert_eq!(
+        low.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [1, 2, 4, 8, 16],
+        "every k that splits 16 cores"
+    );
+    let picked = |rows: &[(usize, String, f64, bool)]| rows.iter().find(|r| r.3).unwrap().0;
+    assert_eq!(
+        picked(&low),
+        1,
+        "one job at a time: every core on it: {low:?}"
+    );
+    // Past what one batch at a time can serve, it runs several at once.
+    let one_lane = low[0].2;
+    let most = low.iter().map(|r| r.2).fold(0.0, f64::max);
+    assert!(
+        most > one_lane,
+        "lanes serve more than one split batch: {low:?}"
+    );
+    let high = queue_plan(one_lane * 1.1);
+    assert_eq!(high[0].1, "inf", "one lane cannot keep up: {high:?}");
+    assert!(picked(&high) > 1, "{high:?}");
+}

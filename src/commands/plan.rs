@@ -6,9 +6,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+use crate::planner::profile::Curve;
 use crate::planner::profile::ProfileFile;
 use crate::planner::topology::Topology;
-use crate::planner::{cores_str, dp, plan_from};
+use crate::planner::{cores_str, dp, plan_from, serving, PlanTable};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -23,6 +24,13 @@ pub struct Args {
     /// Print a table for every batch 1..=BATCH, with the baseline and the reference DP.
     #[arg(long)]
     sweep: bool,
+    /// Plan for a queue instead: jobs arriving at this many per second (BATCH is max_batch),
+    /// how many batches to run at once on their own cores, each lane count's prediction.
+    #[arg(long, value_name = "JOBS_PER_S")]
+    rate: Option<f64>,
+    /// With --rate: items per job.
+    #[arg(long, default_value_t = 1.0)]
+    job_items: f64,
 }
 
 pub fn run(args: &Args) -> Result<i32> {
@@ -42,6 +50,9 @@ pub fn run(args: &Args) -> Result<i32> {
         );
     }
     let topo = Topology::flat(cores);
+    if let Some(rate) = args.rate {
+        return queue(&curve, &topo, batch, rate, args.job_items);
+    }
     let t0 = Instant::now();
     let sol = dp::solve(&curve, cores, batch);
     let solve_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -99,6 +110,59 @@ pub fn run(args: &Args) -> Result<i32> {
     match p.baseline_latency_ms {
         Some(b) => println!("  baseline ⟨1, {cores}, {batch}⟩: {b:.2} ms  → predicted speedup {:.2}x", b / pred),
         None => println!("  baseline ⟨1, {cores}, {batch}⟩: not in the profile ({cores} threads were not measured)"),
+    }
+    Ok(0)
+}
+
+/// `--rate`: the lane count packrat picks for this load, and what each predicts.
+fn queue(curve: &Curve, topo: &Topology, max_batch: usize, rate: f64, per_job: f64) -> Result<i32> {
+    if !(rate.is_finite() && rate >= 0.0 && per_job >= 1.0) {
+        bail!("--rate must be >= 0 jobs/s and --job-items >= 1");
+    }
+    let mut tables: Vec<(usize, PlanTable)> = Vec::new();
+    for k in serving::lane_counts(topo.len(), topo.len()) {
+        let lane = topo.lanes(k).and_then(|l| l.into_iter().next());
+        if let Some(lane) = lane {
+            if let Ok(t) = PlanTable::from_curve(curve, &lane, max_batch) {
+                tables.push((k, t));
+            }
+        }
+    }
+    let refs: Vec<(usize, &PlanTable)> = tables.iter().map(|(k, t)| (*k, t)).collect();
+    let Some((pick, all)) = serving::choose_among(&refs, 1.0, rate * per_job, per_job, 1, 0.0)
+    else {
+        bail!("the profile gives no plan on {} cores", topo.len());
+    };
+    println!(
+        "{rate} jobs/s of {per_job} item(s), max_batch {max_batch}, {} cores (predicted from the profile)",
+        topo.len()
+    );
+    println!(
+        "{:>5}  {:>5}  {:>12}  {:>15}  lane plan at that batch",
+        "lanes", "batch", "latency ms", "capacity jobs/s"
+    );
+    for p in &all {
+        let plan = tables
+            .iter()
+            .find(|(k, _)| *k == p.lanes)
+            .map(|(_, t)| t.for_batch(p.batch.unwrap_or(max_batch)).summary())
+            .unwrap_or_default();
+        println!(
+            "{:>5}  {:>5}  {:>12}  {:>15.1}  {plan}{}",
+            p.lanes,
+            p.batch.map_or_else(|| "-".into(), |b| b.to_string()),
+            if p.latency_ms.is_finite() {
+                format!("{:.2}", p.latency_ms)
+            } else {
+                "cannot keep up".into()
+            },
+            p.capacity / per_job,
+            if p.lanes == pick.lanes {
+                "  <- packrat"
+            } else {
+                ""
+            }
+        );
     }
     Ok(0)
 }

@@ -245,39 +245,23 @@ impl ModelVersion {
             let k = serving::lane_counts(cores, n).last().copied().unwrap_or(1);
             return (k, Vec::new());
         }
-        let correction = self.correction();
         let full = self.plans.table();
-        let one = move |b: usize| {
-            full.for_batch(b)
-                .predicted_latency_ms
-                .unwrap_or(f64::INFINITY)
-                * correction
-        };
         let sets: Vec<(usize, Arc<Lanes>)> = serving::lane_counts(cores, cores)
             .into_iter()
             .filter(|&k| k > 1)
             .filter_map(|k| self.lane_plan(k).map(|l| (k, l)))
             .collect();
-        type BatchMs = Box<dyn Fn(usize) -> f64>;
-        let fns: Vec<(usize, BatchMs)> = std::iter::once((1, Box::new(one) as BatchMs))
-            .chain(sets.iter().map(|(k, l)| {
-                let l = l.clone();
-                let f: BatchMs = Box::new(move |b: usize| l.batch_ms(b) * correction);
-                (*k, f)
-            }))
+        let tables: Vec<(usize, &PlanTable)> = std::iter::once((1, full.as_ref()))
+            .chain(
+                sets.iter()
+                    .filter_map(|(k, l)| Some((*k, l.tables.first()?))),
+            )
             .collect();
-        let options: Vec<serving::Choice<'_>> = fns
-            .iter()
-            .map(|(k, f)| serving::Choice {
-                lanes: *k,
-                batch_ms: f.as_ref(),
-            })
-            .collect();
-        match serving::choose(
-            &options,
+        match serving::choose_among(
+            &tables,
+            self.correction(),
             rate,
             per_job,
-            self.cfg.max_batch,
             current,
             lanes::HYSTERESIS,
         ) {

@@ -2,22 +2,25 @@
 //!
 //! The cores are split into `k` equal *lanes*; each lane runs its own batches with its own
 //! plan (the DP over its cores), taking the next batch as soon as it is free. `k = 1` is the
-//! plain plan: every batch split over every core. Which `k` is best depends on the load:
+//! plain plan: every batch split over every core. Which `k` is best depends on the load. The
+//! lanes are `k` servers sharing one queue; a lane running batches of `b` items takes `L(b)` ms
+//! each, so at `r = λ/k` items/s per lane it is busy `ρ = r · L(b) / b` of the time. A job's
+//! mean latency is its batch plus the wait for a free lane, the M/D/k wait as the usual
+//! approximation gives it (half the M/M/k wait, Erlang's C formula):
 //!
-//! - a lane that receives `r` items/s and needs `L(b)` ms for a batch of `b` settles at the
-//!   smallest `b` (at least one job's items) with `r · L(b) ≤ b`: what arrives while a batch
-//!   runs makes the next one. No such `b` up to `max_batch` means the lane cannot keep up;
-//! - a job then takes its batch's `L(b)`, plus a wait when it finds every lane busy: with
-//!   utilisation `ρ = r · L(b) / b`, all `k` lanes are busy about `ρ^k` of the time, and the
-//!   first of them frees after about `L(b) / (k + 1)`.
+//! `W_k(b) = L(b) + ½ · C(k, kρ) · L(b) / (k (1 − ρ))`
 //!
-//! So `W_k = L_k(b_k) · (1 + ρ^k / (k + 1))`. At low load one job on every core wins (the
-//! smallest `L(1)`); near saturation several lanes win when independent batches on fewer cores
-//! each serve more items per second than one split batch with its barrier. When no `k` keeps
-//! up, the one with the most capacity wins. This is a model, not a measurement: the benchmark
-//! (BENCHMARKS.md) checks it end to end.
+//! For `k = 1` this is the Pollaczek–Khinchine formula for deterministic service. Batching
+//! adapts to the queue, so each `k` is taken at the batch size (at least one job's items)
+//! that gives it the least `W`; a `k` whose lanes are saturated at every size (`ρ ≥ 1`)
+//! cannot keep up. At low load one job on every core wins (the smallest `L(1)`); near
+//! saturation several lanes win when independent batches on fewer cores each serve more
+//! items per second than one split batch with its barrier, or when a queue builds behind one
+//! batch at a time. When no `k` keeps up, the one with the most capacity wins. This is a
+//! model, not a measurement: the benchmark (BENCHMARKS.md) checks it end to end.
 
 use crate::topology::Topology;
+use crate::PlanTable;
 
 /// One way to run: `lanes` lanes, each with batch latency `batch_ms(b)` for b = 1..=max.
 pub struct Choice<'a> {
@@ -29,7 +32,8 @@ pub struct Choice<'a> {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Prediction {
     pub lanes: usize,
-    /// The batch size each lane settles at (None: it cannot keep up).
+    /// The batch size a lane is taken at: the one with the least latency (None: it cannot
+    /// keep up).
     pub batch: Option<usize>,
     /// Mean job latency in ms (infinite when it cannot keep up).
     pub latency_ms: f64,
@@ -37,24 +41,47 @@ pub struct Prediction {
     pub capacity: f64,
 }
 
+/// Erlang's C formula: the chance that a job finds all `k` servers busy at offered load `a`
+/// (in servers, `a < k`).
+fn erlang_c(k: usize, a: f64) -> f64 {
+    let kf = k as f64;
+    if a >= kf {
+        return 1.0;
+    }
+    let (mut term, mut sum) = (1.0, 1.0);
+    for i in 1..k {
+        term *= a / i as f64;
+        sum += term;
+    }
+    let last = term * a / kf * (kf / (kf - a));
+    last / (sum + last)
+}
+
 /// The prediction for one option at `rate` items/s, jobs of `per_job` items.
 pub fn predict(o: &Choice<'_>, rate: f64, per_job: f64, max_batch: usize) -> Prediction {
     let k = o.lanes.max(1);
+    let kf = k as f64;
     let max = max_batch.max(1);
     let l_max = (o.batch_ms)(max).max(1e-6);
-    let capacity = k as f64 * max as f64 / (l_max / 1e3);
-    let r = rate.max(0.0) / k as f64;
+    let capacity = kf * max as f64 / (l_max / 1e3);
+    let r = rate.max(0.0) / kf;
     let first = (per_job.ceil() as usize).clamp(1, max);
-    let settled = (first..=max).find(|&b| r * (o.batch_ms)(b) / 1e3 <= b as f64);
-    let latency_ms = settled.map_or(f64::INFINITY, |b| {
+    let mut best: Option<(usize, f64)> = None;
+    for b in first..=max {
         let l = (o.batch_ms)(b);
-        let rho = (r * l / 1e3 / b as f64).clamp(0.0, 1.0);
-        l * (1.0 + rho.powi(k as i32) / (k as f64 + 1.0))
-    });
+        let rho = r * l / 1e3 / b as f64;
+        if !(l.is_finite() && rho < 1.0) {
+            continue;
+        }
+        let w = l + 0.5 * erlang_c(k, kf * rho) * l / (kf * (1.0 - rho));
+        if best.is_none_or(|(_, bw)| w < bw) {
+            best = Some((b, w));
+        }
+    }
     Prediction {
         lanes: k,
-        batch: settled,
-        latency_ms,
+        batch: best.map(|(b, _)| b),
+        latency_ms: best.map_or(f64::INFINITY, |(_, w)| w),
         capacity,
     }
 }
@@ -95,6 +122,38 @@ pub fn choose(
         _ => best,
     };
     Some((pick, all))
+}
+
+/// [`choose`] over plan tables: `(lanes, one lane's plan table)` each (for one lane, the
+/// table over every core), every predicted batch latency scaled by `scale`.
+pub fn choose_among(
+    tables: &[(usize, &PlanTable)],
+    scale: f64,
+    rate: f64,
+    per_job: f64,
+    current: usize,
+    hysteresis: f64,
+) -> Option<(Prediction, Vec<Prediction>)> {
+    let max_batch = tables.iter().map(|(_, t)| t.max_batch()).min()?;
+    let fns: Vec<(usize, _)> = tables
+        .iter()
+        .map(|&(k, t)| {
+            let f = move |b: usize| {
+                t.for_batch(b)
+                    .predicted_latency_ms
+                    .map_or(f64::INFINITY, |ms| ms * scale)
+            };
+            (k, f)
+        })
+        .collect();
+    let options: Vec<Choice<'_>> = fns
+        .iter()
+        .map(|(k, f)| Choice {
+            lanes: *k,
+            batch_ms: f,
+        })
+        .collect();
+    choose(&options, rate, per_job, max_batch, current, hysteresis)
 }
 
 /// The lane counts worth weighing on `cores` cores: every k that splits them evenly.
@@ -154,15 +213,29 @@ mod tests {
     }
 
     #[test]
-    fn a_lane_settles_where_arrivals_during_a_batch_fill_the_next() {
+    fn a_lane_batches_as_much_as_keeps_its_queue_shortest() {
         let o = Choice {
             lanes: 1,
             batch_ms: &one,
         };
-        // 100 items/s: b=1 takes 14 ms (1.4 items arrive) ... b=2: 18 ms, 1.8 ≤ 2.
-        assert_eq!(predict(&o, 100.0, 1.0, 16).batch, Some(2));
+        // 100 items/s: b=1 is saturated (1.4 items arrive in its 14 ms); b=2 is 90 % busy
+        // (W = 18 + 0.5·0.9·18/0.1 = 99 ms); b=4's 50 ms is the least (b=3 52, b=5 52.5).
+        let p = predict(&o, 100.0, 1.0, 16);
+        assert_eq!(p.batch, Some(4));
+        assert!((p.latency_ms - 50.14).abs() < 0.1, "{p:?}");
         // Jobs of 4 items: never below 4.
         assert_eq!(predict(&o, 1.0, 4.0, 16).batch, Some(4));
+    }
+
+    #[test]
+    fn erlang_c_matches_known_values() {
+        assert!(
+            (erlang_c(1, 0.85) - 0.85).abs() < 1e-12,
+            "M/M/1: the utilisation"
+        );
+        // k = 2, a = 1.58: (a²/2 · 2/(2−a)) / (1 + a + a²/2 · 2/(2−a)) = 0.6974.
+        assert!((erlang_c(2, 1.58) - 0.6974).abs() < 1e-3);
+        assert_eq!(erlang_c(4, 4.0), 1.0);
     }
 
     #[test]
