@@ -14,8 +14,10 @@
 //! - [`daemon`]: `packrat serve` — the event loop (signals, inotify on jobs and version
 //!   folders, timers), reload (models added, removed, re-versioned) and drain, sd_notify, the
 //!   status file and metrics;
-//! - [`runtime`]: one per model — its queue and the dispatcher that owns the serving loop
-//!   (coalescing, splitting, switching versions between batches), the serving
+//! - [`runtime`]: one per model — its queue (earliest deadline first) and the dispatcher that
+//!   owns the serving loop (coalescing, splitting, several batches in flight on lanes —
+//!   [`runtime::lanes`] — deadlines and shedding — [`runtime::deadline`] — switching versions
+//!   between batches), the serving
 //!   [`runtime::version`] (engine, instance sets, plan table, precision, online adaptation —
 //!   [`runtime::adapt`], with exploration under load in [`runtime::explore`]) and
 //!   at most one being built beside it ([`runtime::load`]), the version history
