@@ -6,7 +6,6 @@
 mod common;
 
 use std::fs;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -21,21 +20,6 @@ static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn alone() -> std::sync::MutexGuard<'static, ()> {
     ALONE.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Profiles the agent's model once with `packrat profile` (cached in its state dir).
-fn profile(agent: &Agent) -> ProfileFile {
-    let out = Command::new(env!("CARGO_BIN_EXE_packrat"))
-        .args(["profile", "--model", "m", "--config"])
-        .arg(&agent.config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ProfileFile::load(&agent.state().join("profiles/m.json")).unwrap()
 }
 
 fn plans(st: &serde_json::Value) -> Vec<Plan> {
@@ -105,7 +89,7 @@ fn a_wrong_profile_is_corrected_while_serving_without_a_restart() {
     let sizes = [1usize, 2, 4, 8];
     let extra = "profile_budget_s = 15\nmax_probe_delay_ms = 400";
     let mut agent = Agent::configured(None, "", "builtin:resnet18", extra);
-    let fresh = profile(&agent);
+    let fresh = agent.profile();
     let truth = fresh.curve().unwrap();
     let topo = packrat::planner::topology::usable(None).unwrap();
     let best = PlanTable::from_curve(&truth, &topo, 8).unwrap();
@@ -355,7 +339,7 @@ fn a_wrong_profile_is_corrected_under_sustained_load_without_idle_gaps() {
             .replace("max_batch = 8", "max_batch = 16"),
     )
     .unwrap();
-    let fresh = profile(&agent);
+    let fresh = agent.profile();
     let truth = fresh.curve().unwrap();
     let topo = packrat::planner::topology::usable(None).unwrap();
     let best = PlanTable::from_curve(&truth, &topo, 16).unwrap();

@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -28,16 +27,7 @@ fn profiled(extra: &str) -> Agent {
         "builtin:resnet18",
         &format!("profile_budget_s = 4\nmax_job_bytes = 100000000\n{extra}"),
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_packrat"))
-        .args(["profile", "--model", "m", "--config"])
-        .arg(&agent.config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    agent.profile();
     agent
 }
 

@@ -203,6 +203,21 @@ impl Agent {
 }
 
 impl Agent {
+    /// Profiles this agent's model once with `packrat profile` (cached in its state dir).
+    pub fn profile(&self) -> packrat::planner::profile::ProfileFile {
+        let out = Command::new(env!("CARGO_BIN_EXE_packrat"))
+            .args(["profile", "--model", "m", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        packrat::planner::profile::ProfileFile::load(&self.state().join("profiles/m.json")).unwrap()
+    }
+
     /// Job files claimed by any agent (in any `claims/<agent>/`), sorted.
     pub fn claimed(&self) -> Vec<String> {
         claimed(&self.model_dir())
