@@ -236,6 +236,9 @@ pub struct ModelConfig {
     /// (`"auto"`); 1 = one batch at a time over every core.
     pub concurrent_batches: Option<usize>,
     pub engine_options: EngineOptions,
+    /// `engine = "replay"`: the replayed machine's core count; the model plans and runs on
+    /// virtual cores 0..N instead of the agent's `cores`.
+    pub virtual_cores: Option<usize>,
 }
 
 /// What becomes of a job that can no longer finish by its deadline.
@@ -307,6 +310,15 @@ impl Config {
         use anyhow::Context;
         topology::usable(self.cores.as_deref())
             .with_context(|| format!("{}: cores", self.path.display()))
+    }
+
+    /// The cores `model` plans and runs on: a replayed model's virtual ones, else `host`
+    /// (what [`Config::topology`] gave).
+    pub fn model_topology(model: &ModelConfig, host: &Topology) -> Topology {
+        match model.virtual_cores {
+            Some(n) => Topology::flat(n),
+            None => host.clone(),
+        }
     }
 }
 
@@ -460,6 +472,19 @@ fn model(i: usize, m: RawModel, cores: Option<&[usize]>) -> Result<ModelConfig, 
     let (source, versions) = source(&f, &m.source, m.engine.as_deref(), m.version)?;
     let precision = precision(&f("precision"), m.precision.as_deref(), source.engine())?;
     let inputs = inputs(&f, &m, &source)?;
+    // A replayed model runs on the profile's virtual cores, not on this host's.
+    let virtual_cores = match &source {
+        ModelSource::Replay(p) => Some(crate::engine::replay_cores(p).or_else(|e| {
+            refuse(
+                f("source"),
+                format!("{e:#}"),
+                "point source at a latency profile: packrat profile's profile.json, or one of the Packrat authors' (points of threads, batch, latency_ms)",
+            )
+        })?),
+        _ => None,
+    };
+    let virtual_list: Option<Vec<usize>> = virtual_cores.map(|n| (0..n).collect());
+    let cores = virtual_list.as_deref().or(cores);
     if let ModelSource::Builtin(b) = &source {
         if let Err(need) = b.check_inputs(&inputs) {
             return refuse(
@@ -636,6 +661,7 @@ fn model(i: usize, m: RawModel, cores: Option<&[usize]>) -> Result<ModelConfig, 
         max_job_bytes: m.max_job_bytes,
         plan,
         profile_budget_s: budget,
+        virtual_cores,
     })
 }
 
@@ -654,7 +680,7 @@ fn source(
                 refuse(
                     f("engine"),
                     format!("there is no engine '{e}'"),
-                    "write engine = \"libtorch\", \"onnxruntime\" or \"openvino\" (or leave it out: the source decides)",
+                    "write engine = \"libtorch\", \"onnxruntime\", \"openvino\" or \"replay\" (or leave it out: the source decides)",
                 )
             },
             Ok,
@@ -708,6 +734,13 @@ fn source(
             "remove version, or point source at a folder holding <N>/model.pt (or .onnx, .xml)",
         );
     }
+    if engine.is_none() && path.extension().is_some_and(|e| e == "json") {
+        return refuse(
+            f("engine"),
+            format!("'{s}' looks like a latency profile, not a model"),
+            "to replay a profile on virtual cores write engine = \"replay\"; to serve a model point source at its .pt, .onnx or .xml",
+        );
+    }
     let engine = engine.unwrap_or(match path.extension().and_then(|e| e.to_str()) {
         Some("onnx") => EngineKind::OnnxRuntime,
         Some("xml") => EngineKind::OpenVino,
@@ -724,6 +757,7 @@ fn source(
         EngineKind::Libtorch => ModelSource::TorchScript(path.to_path_buf()),
         EngineKind::OnnxRuntime => ModelSource::Onnx(path.to_path_buf()),
         EngineKind::OpenVino => ModelSource::OpenVino(path.to_path_buf()),
+        EngineKind::Replay => ModelSource::Replay(path.to_path_buf()),
     };
     Ok((source, None))
 }
@@ -852,6 +886,8 @@ fn inputs(
             .collect(),
         (None, None) => match source {
             ModelSource::Builtin(b) => Ok(b.default_inputs()),
+            // A replay computes nothing from its input: the smallest job file will do.
+            ModelSource::Replay(_) => Ok(vec![InputSpec::float("input", vec![1])]),
             ModelSource::TorchScript(_) | ModelSource::Onnx(_) | ModelSource::OpenVino(_) => {
                 refuse(
                     f("input"),
@@ -1107,6 +1143,45 @@ mod tests {
             model(&onnx, "precision = \"auto\"\nbf16_min_speedup = -1").unwrap_err();
         assert_eq!(field, "model[0].bf16_min_speedup");
         assert!(problem.contains("-1"), "{problem}");
+    }
+
+    #[test]
+    fn a_replayed_profile_runs_on_its_virtual_cores_and_a_bad_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("p.json");
+        std::fs::write(
+            &good,
+            r#"{"model":"r","cores":16,"points":[{"threads":16,"batch":1,"latency_ms":10}]}"#,
+        )
+        .unwrap();
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, r#"{"model":"r","cores":16,"points":[]}"#).unwrap();
+        let model = |src: &std::path::Path, extra: &str| {
+            parse(&with_model(&format!(
+                "source = \"{}\"\n{extra}",
+                src.display()
+            )))
+        };
+        let c = model(&good, "engine = \"replay\"").unwrap();
+        let m = &c.models[0];
+        assert_eq!(m.source, ModelSource::Replay(good.clone()));
+        assert_eq!(m.virtual_cores, Some(16));
+        assert_eq!(m.inputs, vec![InputSpec::float("input", vec![1])]);
+        assert_eq!(Config::model_topology(m, &Topology::flat(2)).len(), 16);
+        // A fixed plan is checked against the virtual cores, not this host's.
+        assert!(model(
+            &good,
+            "engine = \"replay\"\nplan = [{ threads = 8, batch = 1, cores = [8, 9, 10, 11, 12, 13, 14, 15] }]"
+        )
+        .is_ok());
+        let (field, problem) = model(&bad, "engine = \"replay\"").unwrap_err();
+        assert_eq!(field, "model[0].source");
+        assert!(problem.contains("no points"), "{problem}");
+        let (field, problem) = model(&good, "").unwrap_err();
+        assert_eq!(field, "model[0].engine");
+        assert!(problem.contains("latency profile"), "{problem}");
+        let (field, _) = model(&good, "engine = \"replay\"\nprecision = \"bf16\"").unwrap_err();
+        assert_eq!(field, "model[0].precision");
     }
 
     #[test]

@@ -25,8 +25,9 @@
 //! - [`config`]: the TOML config, parsed and validated field by field before anything starts;
 //! - [`profiler`]: targeted, co-located profiling through the engine, and the profile cache;
 //! - [`engine`]: the engines (libtorch for TorchScript files and built-ins, ONNX Runtime,
-//!   OpenVINO) behind one session interface, pinned instance sets, the instance pool, and a
-//!   model's numbered version folders ([`engine::versions`]);
+//!   OpenVINO, and `replay`: a measured profile slept out on virtual cores) behind one session
+//!   interface, pinned instance sets, the instance pool, and a model's numbered version
+//!   folders ([`engine::versions`]);
 //! - [`tensorfile`]: the `.npy` / `.npz` / `.safetensors` formats, one file each;
 //! - [`planner`] (crate `packrat-planner`): profiles, the knapsack DP, the bounded layout menu,
 //!   the live profile, CPU topology and features (bf16, AMX), plan tables — no libtorch;

@@ -77,6 +77,7 @@ pub fn engine_version(engine: EngineKind) -> &'static str {
         EngineKind::Libtorch => crate::LIBTORCH_VERSION,
         EngineKind::OnnxRuntime => crate::engine::ONNXRUNTIME_VERSION,
         EngineKind::OpenVino => crate::engine::OPENVINO_VERSION,
+        EngineKind::Replay => "1",
     }
 }
 
@@ -93,7 +94,10 @@ pub struct Subject<'a> {
 pub fn profile_key(subject: &Subject, topo: &Topology) -> Result<ProfileKey> {
     let model_hash = match subject.source {
         ModelSource::Builtin(_) => subject.source.to_string(),
-        ModelSource::TorchScript(path) | ModelSource::Onnx(path) | ModelSource::OpenVino(path) => {
+        ModelSource::TorchScript(path)
+        | ModelSource::Onnx(path)
+        | ModelSource::OpenVino(path)
+        | ModelSource::Replay(path) => {
             let bytes = std::fs::read(path)
                 .with_context(|| format!("cannot read {} to hash it", path.display()))?;
             format!("fnv1a64:{:016x}", fnv1a(&bytes, 0xcbf2_9ce4_8422_2325))

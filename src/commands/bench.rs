@@ -98,7 +98,7 @@ pub fn run(args: &Args) -> Result<i32> {
     let max_b = args.batches.iter().copied().max().unwrap_or(1);
     mc.max_batch = mc.max_batch.max(max_b);
     tch::set_num_interop_threads(1);
-    let topo = cfg.topology()?;
+    let topo = crate::config::Config::model_topology(&mc, &cfg.topology()?);
     // Every figure belongs to a CPU: print it first, and record it in the JSON.
     let cpu = crate::planner::cpu::CpuInfo::detect();
     println!("cpu: {}", cpu.summary());

@@ -31,7 +31,7 @@ pub fn run(args: &Args) -> Result<i32> {
         .find(|m| m.name == args.model)
         .with_context(|| format!("no model '{}' in {}", args.model, args.config.display()))?;
     tch::set_num_interop_threads(1);
-    let topo = cfg.topology()?;
+    let topo = Config::model_topology(mc, &cfg.topology()?);
     let model = resolve(mc)?.model;
     let key = profile_key(mc, model.precision, &topo)?;
     let path = profiler::profile_path(&cfg.state_dir, &mc.name);

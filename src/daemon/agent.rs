@@ -30,6 +30,7 @@ fn load_fix(engine: EngineKind) -> &'static str {
         EngineKind::Libtorch => "point source at a TorchScript file (torch.jit.save) or a builtin:NAME",
         EngineKind::OpenVino => "point source at an ONNX model or an OpenVINO IR .xml (with its .bin) whose inputs match the config; if OpenVINO itself is missing, run packaging/setup-openvino.sh or set PACKRAT_OPENVINO=/path/to/libopenvino_c.so",
         EngineKind::OnnxRuntime => "point source at an ONNX model (torch.onnx.export) whose inputs match the config; if ONNX Runtime itself is missing, run packaging/setup-onnxruntime.sh or set PACKRAT_ONNXRUNTIME=/path/to/libonnxruntime.so.1",
+        EngineKind::Replay => "point source at a latency profile (packrat profile's JSON, or one of the Packrat authors') with float32 inputs",
     }
 }
 
@@ -96,7 +97,7 @@ impl Agent {
         };
         let mut runtimes = Vec::new();
         for (i, mc) in config.models.iter().enumerate() {
-            runtimes.push(Self::start_model(&config, &place, &notifier, i, mc)?);
+            runtimes.push(Self::start_model(&config, &place.of(mc), &notifier, i, mc)?);
         }
         let models = runtimes
             .into_iter()
@@ -161,6 +162,12 @@ impl Agent {
             mc.source,
             t0.elapsed().as_secs_f64()
         );
+        if let Some(n) = mc.virtual_cores {
+            log::info!(
+                "model {}: replaying a measured profile on {n} virtual cores (figures are replayed, not measured here)",
+                mc.name
+            );
+        }
         let spool = Self::open_spool(config, mc)?;
         if mc.plan == PlanChoice::Auto {
             // Profiling may take the whole budget: tell systemd to wait for it.
@@ -405,7 +412,7 @@ impl Agent {
         }
         for mc in &new.models {
             match self.models.iter().find(|m| m.rt.name == mc.name) {
-                Some(m) => Self::reconfigure(&new, &self.place, &m.rt, mc),
+                Some(m) => Self::reconfigure(&new, &self.place.of(mc), &m.rt, mc),
                 None => self.add(&new, mc),
             }
         }
@@ -463,7 +470,7 @@ impl Agent {
         let (config, mc, place, tx) = (
             config.clone(),
             mc.clone(),
-            self.place.clone(),
+            self.place.of(mc),
             self.added_tx.clone(),
         );
         let spawned = std::thread::Builder::new()

@@ -44,6 +44,8 @@ enum Task {
         inputs: Vec<Tensor>,
         reply: mpsc::Sender<Reply>,
         slot: usize,
+        /// When the batch was handed out (before the first share was sent).
+        dispatched: Instant,
     },
     /// [`super::Session::specialize`] for this share's shape.
     Specialize {
@@ -93,7 +95,9 @@ impl InstanceSet {
             let handle = std::thread::Builder::new()
                 .name(name)
                 .spawn(move || {
-                    let mut session = match pin(&spec2).and_then(|()| model.open(&spec2)) {
+                    // A replayed model's cores are virtual: nothing to pin to.
+                    let pinned = if model.pins() { pin(&spec2) } else { Ok(()) };
+                    let mut session = match pinned.and_then(|()| model.open(&spec2)) {
                         Ok(s) => s,
                         Err(e) => {
                             let _ = ready_tx.send(Err(format!("{e:#}")));
@@ -114,10 +118,13 @@ impl InstanceSet {
                                 inputs,
                                 reply,
                                 slot,
+                                dispatched,
                             } => {
                                 let t0 = Instant::now();
-                                let res = catch_unwind(AssertUnwindSafe(|| session.run(&inputs)))
-                                    .unwrap_or_else(|_| Err(panicked()));
+                                let res = catch_unwind(AssertUnwindSafe(|| {
+                                    session.run_dispatched(&inputs, dispatched)
+                                }))
+                                .unwrap_or_else(|_| Err(panicked()));
                                 let _ = reply.send((slot, res, t0.elapsed()));
                             }
                             Task::Specialize { inputs, reply } => {
@@ -161,10 +168,12 @@ impl InstanceSet {
         shares: &[usize],
     ) -> Result<(Outputs, Vec<Option<Duration>>)> {
         let (reply_tx, reply_rx) = mpsc::channel();
+        let dispatched = Instant::now();
         let sent = self.send_shares(inputs, shares, |inputs, slot| Task::Run {
             inputs,
             reply: reply_tx.clone(),
             slot,
+            dispatched,
         })?;
         drop(reply_tx);
         let mut parts: Vec<Option<Outputs>> = (0..shares.len()).map(|_| None).collect();

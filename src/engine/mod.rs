@@ -2,7 +2,8 @@
 //! on libtorch, an `.onnx` file on ONNX Runtime, an `.onnx` or IR `.xml` on OpenVINO) is a
 //! [`Backend`] that opens one [`Session`]
 //! per instance thread; instances ([`InstanceSet`]: pinned threads with their own intra-op
-//! thread counts) run sessions, and the [`InstancePool`] keeps warm instance sets for the
+//! thread counts) run sessions; a measured profile on `replay` stands in for a model on a
+//! larger machine's virtual cores; and the [`InstancePool`] keeps warm instance sets for the
 //! runtime, the profiler and the bench alike.
 //!
 //! It knows nothing of plans, spools or configs: an instance layout is a list of
@@ -15,9 +16,12 @@ mod nets;
 pub mod onnx;
 pub mod openvino;
 mod pool;
+mod replay;
 mod torch;
 mod torch_opt;
 pub mod versions;
+
+use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use tch::{Kind, Tensor};
@@ -28,6 +32,7 @@ pub use model::{EngineOptions, InputMismatch, MismatchKind, Model, ModelSource};
 pub use onnx::ONNXRUNTIME_VERSION;
 pub use openvino::OPENVINO_VERSION;
 pub use pool::InstancePool;
+pub use replay::replay_cores;
 pub use versions::VersionDir;
 
 /// A forward pass's named outputs, in the model's order.
@@ -41,12 +46,22 @@ pub trait Backend: Send + Sync {
     /// Called inside an instance thread that was just pinned to `spec.cores`: sets up that
     /// thread's session with `spec.threads` intra-op threads.
     fn open(&self, spec: &InstanceSpec) -> Result<Box<dyn Session>>;
+    /// Whether instance threads are pinned to their cores (false: the cores are virtual).
+    fn pins(&self) -> bool {
+        true
+    }
 }
 
 /// One instance thread's handle on a model.
 pub trait Session {
     /// One forward pass on already-batched inputs (in declared order).
     fn run(&mut self, inputs: &[Tensor]) -> Result<Outputs>;
+    /// [`Session::run`] for a share of a batch handed out at `dispatched` (what a replay
+    /// times from: on its virtual cores every share starts then, not when this host's few
+    /// cores get round to waking each instance thread).
+    fn run_dispatched(&mut self, inputs: &[Tensor], _dispatched: Instant) -> Result<Outputs> {
+        self.run(inputs)
+    }
     /// The intra-op thread count as the engine reports it from inside the instance thread.
     fn observed_threads(&self) -> i32;
     /// Prepares for batches shaped like `inputs` ahead of serving them (warm-up, never on the
@@ -79,13 +94,16 @@ pub enum EngineKind {
     Libtorch,
     OnnxRuntime,
     OpenVino,
+    /// A measured latency profile replayed on virtual cores (evaluation, tests).
+    Replay,
 }
 
 impl EngineKind {
-    pub const ALL: [EngineKind; 3] = [
+    pub const ALL: [EngineKind; 4] = [
         EngineKind::Libtorch,
         EngineKind::OnnxRuntime,
         EngineKind::OpenVino,
+        EngineKind::Replay,
     ];
 
     pub fn name(self) -> &'static str {
@@ -93,6 +111,7 @@ impl EngineKind {
             EngineKind::Libtorch => "libtorch",
             EngineKind::OnnxRuntime => "onnxruntime",
             EngineKind::OpenVino => "openvino",
+            EngineKind::Replay => "replay",
         }
     }
 
@@ -102,7 +121,7 @@ impl EngineKind {
 
     /// Whether the engine has a bfloat16 path.
     pub fn has_bf16(self) -> bool {
-        self != EngineKind::OnnxRuntime
+        matches!(self, EngineKind::Libtorch | EngineKind::OpenVino)
     }
 }
 

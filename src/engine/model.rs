@@ -9,6 +9,7 @@ use tch::{CModule, Kind, Tensor};
 
 use super::onnx::Onnx;
 use super::openvino::OpenVino;
+use super::replay::Replay;
 use super::torch::Torch;
 use super::{
     first_line, Backend, Builtin, EngineKind, InputSpec, InstanceSpec, Outputs, Precision, Session,
@@ -23,6 +24,8 @@ pub enum ModelSource {
     Onnx(PathBuf),
     /// An `.onnx` file or an IR `.xml` (with its `.bin`) on OpenVINO.
     OpenVino(PathBuf),
+    /// A latency profile (JSON, the planner's format) replayed on virtual cores.
+    Replay(PathBuf),
 }
 
 impl ModelSource {
@@ -30,9 +33,10 @@ impl ModelSource {
     pub fn path(&self) -> Option<&std::path::Path> {
         match self {
             ModelSource::Builtin(_) => None,
-            ModelSource::TorchScript(p) | ModelSource::Onnx(p) | ModelSource::OpenVino(p) => {
-                Some(p)
-            }
+            ModelSource::TorchScript(p)
+            | ModelSource::Onnx(p)
+            | ModelSource::OpenVino(p)
+            | ModelSource::Replay(p) => Some(p),
         }
     }
 
@@ -41,6 +45,7 @@ impl ModelSource {
             ModelSource::Builtin(_) | ModelSource::TorchScript(_) => EngineKind::Libtorch,
             ModelSource::Onnx(_) => EngineKind::OnnxRuntime,
             ModelSource::OpenVino(_) => EngineKind::OpenVino,
+            ModelSource::Replay(_) => EngineKind::Replay,
         }
     }
 }
@@ -49,7 +54,10 @@ impl std::fmt::Display for ModelSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ModelSource::Builtin(b) => write!(f, "builtin:{}", b.name()),
-            ModelSource::TorchScript(p) | ModelSource::Onnx(p) | ModelSource::OpenVino(p) => {
+            ModelSource::TorchScript(p)
+            | ModelSource::Onnx(p)
+            | ModelSource::OpenVino(p)
+            | ModelSource::Replay(p) => {
                 write!(f, "{}", p.display())
             }
         }
@@ -150,6 +158,13 @@ impl Model {
                 );
                 Box::new(Onnx::load(path, &inputs)?)
             }
+            ModelSource::Replay(path) => {
+                anyhow::ensure!(
+                    precision == Precision::F32,
+                    "the replay engine has no bf16 path"
+                );
+                Box::new(Replay::load(path, &inputs)?)
+            }
             ModelSource::OpenVino(path) => Box::new(OpenVino::load(
                 path,
                 &inputs,
@@ -166,6 +181,11 @@ impl Model {
             precision_note,
             backend,
         })
+    }
+
+    /// Whether instances are pinned to their cores (false: a replay's virtual cores).
+    pub fn pins(&self) -> bool {
+        self.backend.pins()
     }
 
     /// Opens a session for the calling thread (see [`Backend::open`]).

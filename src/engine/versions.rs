@@ -1,7 +1,8 @@
 //! A model's version folders, the layout of TensorFlow Serving and Triton: `<dir>/<N>/` for
 //! each version N, holding one model file (`model.pt`, `model.onnx`, or `model.xml` with its
-//! `model.bin`). Which versions exist, which one is wanted (the highest, or a pinned one), and
-//! which model file and engine a version folder holds. Names that are not a plain number
+//! `model.bin`; `profile.json` for the replay engine). Which versions exist, which one is
+//! wanted (the highest, or a pinned one), and which model file and engine a version folder
+//! holds. Names that are not a plain number
 //! (`.5.tmp`, `5-staging`) are not versions: a client writes a version under such a name and
 //! renames it into place.
 
@@ -11,10 +12,12 @@ use std::path::PathBuf;
 use super::{EngineKind, ModelSource};
 
 /// The model files a version folder may hold, in the order they are looked for.
-const FILES: [(&str, EngineKind); 3] = [
+const FILES: [(&str, EngineKind); 4] = [
     ("model.pt", EngineKind::Libtorch),
     ("model.onnx", EngineKind::OnnxRuntime),
     ("model.xml", EngineKind::OpenVino),
+    // Only with engine = "replay": a profile is no model a user would mean to serve.
+    ("profile.json", EngineKind::Replay),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +69,7 @@ impl VersionDir {
                 // OpenVINO reads ONNX as well as its own IR.
                 Some(EngineKind::OpenVino) => *e != EngineKind::Libtorch,
                 Some(want) => *e == want,
-                None => true,
+                None => *e != EngineKind::Replay,
             })
             .map(|(f, e)| (folder.join(f), *e))
             .find(|(p, _)| p.exists());
@@ -91,6 +94,7 @@ impl VersionDir {
             EngineKind::Libtorch => ModelSource::TorchScript(path),
             EngineKind::OnnxRuntime => ModelSource::Onnx(path),
             EngineKind::OpenVino => ModelSource::OpenVino(path),
+            EngineKind::Replay => ModelSource::Replay(path),
         })
     }
 

@@ -27,6 +27,16 @@ pub struct Place {
     pub state_dir: PathBuf,
 }
 
+impl Place {
+    /// Where `model` is built: on a replayed model's virtual cores, else on these.
+    pub fn of(&self, model: &ModelConfig) -> Place {
+        Place {
+            topo: crate::config::Config::model_topology(model, &self.topo),
+            state_dir: self.state_dir.clone(),
+        }
+    }
+}
+
 /// What a config's version is called: its folder number for a folder of versions, else the
 /// model source itself.
 pub fn label(cfg: &ModelConfig) -> String {

@@ -22,7 +22,7 @@ use super::plans::{self, layout, PlanState};
 use super::precision::{self, PrecisionStatus, Resolved};
 use super::queue::JobQueue;
 use super::stats::{self, Busy, Drift, SetStarts};
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, PlanChoice};
 use crate::engine::{
     InstanceInfo, InstancePool, InstanceSet, InstanceSpec, Model, Outputs, Specialized,
 };
@@ -182,8 +182,10 @@ impl ModelVersion {
     }
 
     /// The lane plan for `k` lanes, from the live profile, for the table in force (cached
-    /// until the table changes). None: this version has no live profile (a fixed plan, or
-    /// `adapt = false`), or `k` does not split its cores evenly.
+    /// until the table changes); with `plan = "baseline"`, one instance over each lane's
+    /// cores (the fixed stream counts OpenVINO's THROUGHPUT hint and TorchServe workers run).
+    /// None: this version has no live profile (a fixed plan, or `adapt = false`), or `k`
+    /// does not split its cores evenly.
     fn lane_plan(&self, k: usize) -> Option<Arc<Lanes>> {
         let table = self.plans.table();
         let mut cache = self.lane_cache();
@@ -194,8 +196,25 @@ impl ModelVersion {
         if let Some(l) = cache.sets.get(&k) {
             return l.clone();
         }
-        let built = self
-            .adapter()
+        let baseline = (self.cfg.plan == PlanChoice::Baseline).then(|| {
+            self.topo.lanes(k).map(|parts| Lanes {
+                k,
+                tables: parts
+                    .iter()
+                    .map(|t| PlanTable::baseline(t, self.cfg.max_batch))
+                    .collect(),
+            })
+        });
+        let built = match baseline {
+            Some(lanes) => lanes.map(Arc::new),
+            None => self.lane_plan_from_profile(k),
+        };
+        cache.sets.insert(k, built.clone());
+        built
+    }
+
+    fn lane_plan_from_profile(&self, k: usize) -> Option<Arc<Lanes>> {
+        self.adapter()
             .as_ref()
             .and_then(Adapter::curve_and_weights)
             .and_then(|(curve, w)| {
@@ -204,9 +223,7 @@ impl ModelVersion {
                     .ok()
                     .flatten()
             })
-            .map(Arc::new);
-        cache.sets.insert(k, built.clone());
-        built
+            .map(Arc::new)
     }
 
     /// `k` lanes ready to serve: planned, their instance sets warm. None for k = 1, when `k`
