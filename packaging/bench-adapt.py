@@ -64,9 +64,12 @@ class Agent:
         self.mdir = os.path.join(self.spool, "m")
         self.log_path = os.path.join(work, "agent.log")
         cfg = os.path.join(work, "packrat.toml")
+        # A path is a latency profile, replayed on its virtual cores; else a built-in.
+        source = (f'engine = "replay"\nsource = "{model}"' if model.endswith(".json")
+                  else f'source = "builtin:{model}"')
         with open(cfg, "w") as f:
             f.write(f'spool = "{self.spool}"\nstate_dir = "{self.state}"\nrescan_interval_ms = 1000\n'
-                    f'[[model]]\nname = "m"\nsource = "builtin:{model}"\nmax_batch = {max_batch}\n'
+                    f'[[model]]\nname = "m"\n{source}\nmax_batch = {max_batch}\n'
                     f'profile_budget_s = 30\n{extra}\n')
         status = os.path.join(self.state, "status.json")
         if os.path.exists(status):

@@ -10,6 +10,11 @@ arrivals for every system, systems interleaved in ABBA blocks at each rate.
                              its own batch (the layout a tuned TorchServe runs on 2 cores)
   goodput   deadline_ms = 500 with on_deadline = "fail" against "run", at 1.3x the capacity:
             jobs/s finished within 500 ms, jobs shed, none lost
+  replay    REPLAYED, not measured: a profile of the Packrat authors' (--profile, 16 or 18
+            cores) on the replay engine, packrat (plan and lanes "auto") against fixed stream
+            counts k x T/k, each stream one instance with its own batch (plan = "baseline",
+            concurrent_batches = k: OpenVINO's LATENCY hint for k = 1, THROUGHPUT for k > 1),
+            at fractions of the best fixed count's predicted capacity (--rates)
 
 Capacity: jobs/s the one-at-a-time agent sustains closed-loop (8 jobs in flight), measured
 first. Jobs are 1 item (ResNet-18 by default), as in the serving issue's table.
@@ -145,10 +150,63 @@ def goodput(args):
             json.dump({"capacity": cap, "rate": rate, "results": out}, f, indent=1)
 
 
+def fixed_capacity(profile, max_batch):
+    """Jobs/s (1 item each) the best k x T/k stream count sustains at max_batch, from the
+    profile: k streams of T/k threads each finish max_batch items per latency(T/k, max_batch)."""
+    pf = json.load(open(profile))
+    lat = {(p["threads"], p["batch"]): p["latency_ms"] for p in pf["points"]}
+    cores = pf["cores"]
+    best = 0.0
+    for k in range(1, cores + 1):
+        if cores % k:
+            continue
+        t = cores // k
+        b = max_batch if (t, max_batch) in lat else max(bb for (tt, bb) in lat if tt == t and bb <= max_batch)
+        best = max(best, k * b / lat[(t, b)] * 1e3)
+    return cores, best
+
+
+def replay(args):
+    work = tempfile.mkdtemp(prefix="bench-replay-")
+    profile = os.path.abspath(args.profile)
+    cores, cap = fixed_capacity(profile, args.max_batch)
+    print(f"REPLAYED on {cores} virtual cores from {os.path.basename(profile)}; best fixed stream "
+          f"count's capacity at max_batch {args.max_batch}: {cap:.1f} jobs/s (predicted)", flush=True)
+    systems = {"packrat auto": 'concurrent_batches = "auto"'}
+    for k in [int(x) for x in args.streams.split(",")]:
+        if cores % k == 0:
+            systems[f"{k} x {cores // k}"] = f'plan = "baseline"\nconcurrent_batches = {k}'
+    results = {}
+    for frac in [float(x) for x in args.rates.split(",")]:
+        rate = frac * cap
+        for k, sysname in enumerate(abba(list(systems), args.rounds)):
+            r = segment(work, profile, args.max_batch, (1,), systems[sysname], rate,
+                        args.seconds, seed=int(frac * 1000) + (k // len(systems)))
+            results.setdefault(f"{frac}", {}).setdefault(sysname, []).append(r)
+            print(f"{frac:.2f}x ({rate:.1f} jobs/s) {sysname}: p50 {r['p50_ms']:.0f} ms, p99 "
+                  f"{r['p99_ms']:.0f} ms, {r['jobs_per_s']:.2f} jobs/s, {r['lane_batches']} lane "
+                  f"batches, {r['switches']} switches, failed {r['failed']}", flush=True)
+    print("\nREPLAYED (not measured on this host)")
+    print("| load | system | p50 ms | p99 ms | jobs/s | rounds |")
+    print("|---|---|---|---|---|---|")
+    for frac, by in results.items():
+        for sysname, rs in by.items():
+            med = lambda k: statistics.median(r[k] for r in rs)
+            print(f"| {float(frac):.2f}x ({float(frac) * cap:.1f}/s) | {sysname} | {med('p50_ms'):.0f} | "
+                  f"{med('p99_ms'):.0f} | {med('jobs_per_s'):.2f} | {len(rs)} |")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"replayed": True, "profile": profile, "capacity": cap,
+                       "results": results}, f, indent=1)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["rates", "goodput"])
+    p.add_argument("what", choices=["rates", "goodput", "replay"])
+    p.add_argument("--profile", default=os.path.join(HERE, "..", "crates", "planner", "tests",
+                                                     "data", "resnet_cloudlab16.json"))
+    p.add_argument("--streams", default="1,2,4,8,16", help="replay: fixed stream counts k")
     p.add_argument("--model", default="resnet18")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--rates", default="0.15,0.45,0.9,1.05",
@@ -158,7 +216,7 @@ def main():
     p.add_argument("--out")
     args = p.parse_args()
     random.seed(1)
-    {"rates": rates, "goodput": goodput}[args.what](args)
+    {"rates": rates, "goodput": goodput, "replay": replay}[args.what](args)
 
 
 if __name__ == "__main__":

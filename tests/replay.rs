@@ -196,3 +196,133 @@ fn a_replayed_18_core_agent_plans_as_packrat_plan_and_its_batches_take_the_profi
     let _alone = alone();
     replays_as_profiled("bert_skylake18.json");
 }
+
+/// The lane count `packrat plan --rate` picks for `profile` at `rate` jobs of `items` items.
+fn planned_lanes(profile: &Path, cores: usize, max_batch: usize, rate: f64, items: usize) -> usize {
+    let out = Command::new(env!("CARGO_BIN_EXE_packrat"))
+        .args(["plan", "--profile"])
+        .arg(profile)
+        .args([
+            "--cores",
+            &cores.to_string(),
+            "--batch",
+            &max_batch.to_string(),
+        ])
+        .args([
+            "--rate",
+            &rate.to_string(),
+            "--job-items",
+            &items.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    // The row packrat picks is marked "<- packrat"; its first column is the lane count.
+    text.lines()
+        .find(|l| l.contains("<- packrat"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no pick in:\n{text}"))
+}
+
+/// On the authors' 16-core ResNet-50, the agent itself (dispatcher, lane choice from the
+/// arrival rate it sees) runs one batch over all 16 cores at low load, and past one batch's
+/// capacity runs several lanes on disjoint virtual cores, as `packrat plan --rate` predicts;
+/// every job ends once with its output.
+#[test]
+fn on_16_replayed_cores_the_agent_runs_lanes_past_one_batch_capacity_and_not_before() {
+    let _alone = alone();
+    let path = vendored("resnet_cloudlab16.json");
+    let truth = ProfileFile::load(&path).unwrap().curve().unwrap();
+    let (cores, max_batch, items) = (16, 8, 8);
+    // One batch of 8 items over 16 cores: its best plan's time gives one lane's capacity.
+    let one_batch = packrat_plan(&path, cores, max_batch);
+    let one_lane = 1e3 / evaluate(&one_batch, &truth).unwrap();
+    let busy = one_lane * 1.08;
+    let (low_pick, busy_pick) = (
+        planned_lanes(&path, cores, max_batch, 1.0, items),
+        planned_lanes(&path, cores, max_batch, busy, items),
+    );
+    assert_eq!(low_pick, 1, "packrat plan: one batch at 1 job/s");
+    assert!(busy_pick > 1, "packrat plan: lanes at {busy:.1} jobs/s");
+    let agent = replaying(&path, "");
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut jobs = Vec::new();
+    let submit = |agent: &Agent, rng: &mut Rng, rate: f64, seconds: f64, jobs: &mut Vec<_>| {
+        let t0 = Instant::now();
+        let mut next = 0.0f64;
+        let mut seen = BTreeSet::new();
+        let mut with_lanes = None;
+        while next < seconds {
+            // Poisson arrivals: exponential gaps.
+            let u = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+            next += -(1.0 - u).ln() / rate;
+            let wait = next - t0.elapsed().as_secs_f64();
+            if wait > 0.0 {
+                std::thread::sleep(Duration::from_secs_f64(wait));
+            }
+            let k = jobs.len() as i64;
+            let x = items_from(k * 100, items as i64);
+            let name = agent.submit(
+                &format!("j{k:04}.npy"),
+                &[("input".into(), x.shallow_clone())],
+            );
+            jobs.push((name, x));
+            let st = agent.status();
+            let c = &st["models"][0]["concurrency"];
+            let k = c["lanes"].as_u64().unwrap_or(0);
+            seen.insert(k);
+            if k > 1
+                && c["lane_instances"]
+                    .as_array()
+                    .is_some_and(|l| l.len() as u64 == k)
+            {
+                with_lanes = Some(c.clone());
+            }
+        }
+        (seen, with_lanes)
+    };
+    let (low, _) = submit(&agent, &mut rng, 2.0, 6.0, &mut jobs);
+    assert_eq!(
+        low,
+        BTreeSet::from([1]),
+        "at 2 jobs/s: one batch over every core"
+    );
+    let (high, lanes) = submit(&agent, &mut rng, busy, 15.0, &mut jobs);
+    assert!(
+        high.iter().any(|&k| k > 1),
+        "at {busy:.1} jobs/s (1.08x one batch's capacity) the agent never ran lanes: {high:?}\n{}",
+        agent.log()
+    );
+    // Every job ends once, with its items' sums.
+    for (name, x) in &jobs {
+        let out = agent.wait(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(read(&out).remove(0).1.equal(x), "{name}: the items' sums");
+    }
+    assert_eq!(agent.files("out").len(), jobs.len(), "one output per job");
+    assert!(agent.files("failed").is_empty() && agent.claimed().is_empty());
+    let st = agent.status();
+    let c = &st["models"][0]["concurrency"];
+    assert!(c["max_in_flight"].as_u64() > Some(1), "{c}");
+    assert!(c["lane_batches"].as_u64() > Some(0), "{c}");
+    // The lanes' virtual cores are disjoint (a lane's own layouts share its cores).
+    let lanes = lanes.expect("a status with the lanes' instances while they ran");
+    let mut used = BTreeSet::new();
+    for lane in lanes["lane_instances"].as_array().unwrap() {
+        let mine: BTreeSet<u64> = lane
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|i| i["cores"].as_array().unwrap().clone())
+            .map(|c| c.as_u64().unwrap())
+            .collect();
+        for core in mine {
+            assert!(core < 16 && used.insert(core), "core {core}: {lanes}");
+        }
+    }
+}
+
+/// `n` items starting at `from`: from+1, …, from+n.
+fn items_from(from: i64, n: i64) -> Tensor {
+    Tensor::arange_start(from + 1, from + n + 1, (Kind::Float, tch::Device::Cpu)).reshape([n, 1])
+}

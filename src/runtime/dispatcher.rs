@@ -224,6 +224,31 @@ fn coalesce(
 struct Mode {
     k: usize,
     at: Option<Instant>,
+    /// Another count the last choices preferred, and how many times in a row.
+    candidate: Option<(usize, u32)>,
+}
+
+impl Mode {
+    /// Whether `k`, just chosen, is switched to: only once [`lanes::CONFIRM`] choices in a row
+    /// agree on it. A switch waits for every batch in flight, and a burst that is drained
+    /// within a second would otherwise flip the count back and forth.
+    fn confirm(&mut self, k: usize) -> bool {
+        if k == self.k.max(1) {
+            self.candidate = None;
+            return false;
+        }
+        let n = match self.candidate {
+            Some((c, n)) if c == k => n + 1,
+            _ => 1,
+        };
+        self.candidate = Some((k, n));
+        // The first choice (no count yet) is taken at once.
+        if n >= lanes::CONFIRM || self.k == 0 {
+            self.candidate = None;
+            return true;
+        }
+        false
+    }
 }
 
 impl Mode {
@@ -235,12 +260,18 @@ impl Mode {
             let per_job = rt.stats().items_per_job();
             // The backlog counts as if it came within a second: it is to be drained.
             let jobs_per_s = rt.arrival_rate() + rt.queue.len() as f64;
-            let (k, predicted) = v.choose_lanes(
+            let (chosen, predicted) = v.choose_lanes(
                 rt.settings().concurrent_batches,
                 jobs_per_s * per_job,
                 per_job,
                 self.k.max(1),
             );
+            let fixed = rt.settings().concurrent_batches.is_some();
+            let k = if fixed || self.confirm(chosen) {
+                chosen
+            } else {
+                self.k.max(1)
+            };
             if k != self.k.max(1) {
                 log::info!(
                     "model {}: {} now ({:.1} jobs/s with the backlog; predicted mean latency {})",
@@ -715,4 +746,27 @@ fn run_coalesced(rt: &ModelRuntime, group: &[Loaded], target: &Target) -> Result
     let out = run_batch(rt, &group[0].version, &inputs, total, target)?;
     let sizes: Vec<usize> = group.iter().map(|l| l.items).collect();
     split_outputs(out, &sizes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Mode;
+
+    #[test]
+    fn a_lane_count_is_switched_to_only_when_choices_in_a_row_agree() {
+        let mut m = Mode::default();
+        // The first choice is taken at once.
+        assert!(m.confirm(2));
+        m.k = 2;
+        // A single other choice (a burst) is not…
+        assert!(!m.confirm(1));
+        assert!(!m.confirm(2));
+        assert!(!m.confirm(1));
+        // … two in a row are.
+        assert!(m.confirm(1));
+        m.k = 1;
+        assert!(!m.confirm(4));
+        assert!(!m.confirm(2));
+        assert!(m.confirm(2));
+    }
 }

@@ -25,8 +25,10 @@ use crate::planner::PlanTable;
 
 /// How often the lane count is re-weighed.
 pub const CHOOSE_EVERY: Duration = Duration::from_millis(500);
-/// Another lane count must predict this much less latency to be switched to.
+/// Another lane count must predict this much less latency to be switched to…
 pub const HYSTERESIS: f64 = 0.15;
+/// … in this many choices in a row ([`CHOOSE_EVERY`] apart).
+pub const CONFIRM: u32 = 2;
 /// Layouts each lane keeps warm (its menu): lanes hold `k` times as many instance sets.
 pub const LANE_LAYOUTS: usize = 2;
 /// The window the arrival rate is measured over.

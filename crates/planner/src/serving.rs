@@ -57,6 +57,9 @@ fn erlang_c(k: usize, a: f64) -> f64 {
     last / (sum + last)
 }
 
+/// Under overload, the capacity another option must add to be switched to.
+pub const OVERLOAD_GAIN: f64 = 0.03;
+
 /// The prediction for one option at `rate` items/s, jobs of `per_job` items.
 pub fn predict(o: &Choice<'_>, rate: f64, per_job: f64, max_batch: usize) -> Prediction {
     let k = o.lanes.max(1);
@@ -88,7 +91,9 @@ pub fn predict(o: &Choice<'_>, rate: f64, per_job: f64, max_batch: usize) -> Pre
 
 /// The best option at `rate` items/s: the least predicted latency among those that keep up,
 /// else the most capacity. `current` (a lane count) is kept unless another predicts at
-/// least `hysteresis` (e.g. 0.1 = 10 %) less latency, or it cannot keep up.
+/// least `hysteresis` (e.g. 0.1 = 10 %) less latency, or it cannot keep up. When nothing
+/// keeps up, the backlog grows under every option: any [`OVERLOAD_GAIN`] more capacity
+/// drains it sooner, so the latency hysteresis does not hold the current option there.
 pub fn choose(
     options: &[Choice<'_>],
     rate: f64,
@@ -115,7 +120,8 @@ pub fn choose(
             c
         }
         Some(c)
-            if !best.latency_ms.is_finite() && best.capacity <= c.capacity * (1.0 + hysteresis) =>
+            if !best.latency_ms.is_finite()
+                && best.capacity <= c.capacity * (1.0 + OVERLOAD_GAIN.min(hysteresis)) =>
         {
             c
         }
@@ -254,6 +260,40 @@ mod tests {
         ];
         assert_eq!(choose(&opts, 1.0, 1.0, 8, 1, 0.1).unwrap().0.lanes, 1);
         assert_eq!(choose(&opts, 1.0, 1.0, 8, 1, 0.0).unwrap().0.lanes, 2);
+    }
+
+    #[test]
+    fn under_overload_a_little_more_capacity_is_switched_to() {
+        // One lane: 8 items per 100 ms (80/s); two lanes: 8 items per 190 ms each (84/s).
+        let one = |b: usize| 100.0 * b as f64 / 8.0;
+        let two = |b: usize| 190.0 * b as f64 / 8.0;
+        let opts = [
+            Choice {
+                lanes: 1,
+                batch_ms: &one,
+            },
+            Choice {
+                lanes: 2,
+                batch_ms: &two,
+            },
+        ];
+        // At 100 items/s nothing keeps up: 5 % more capacity wins despite a 15 % hysteresis…
+        let (pick, all) = choose(&opts, 100.0, 1.0, 8, 1, 0.15).unwrap();
+        assert!(all.iter().all(|p| !p.latency_ms.is_finite()));
+        assert_eq!(pick.lanes, 2);
+        // … and 1 % more would not.
+        let two = |b: usize| 198.0 * b as f64 / 8.0;
+        let opts = [
+            Choice {
+                lanes: 1,
+                batch_ms: &one,
+            },
+            Choice {
+                lanes: 2,
+                batch_ms: &two,
+            },
+        ];
+        assert_eq!(choose(&opts, 100.0, 1.0, 8, 1, 0.15).unwrap().0.lanes, 1);
     }
 
     #[test]
