@@ -15,6 +15,8 @@ arrivals for every system, systems interleaved in ABBA blocks at each rate.
             counts k x T/k, each stream one instance with its own batch (plan = "baseline",
             concurrent_batches = k: OpenVINO's LATENCY hint for k = 1, THROUGHPUT for k > 1),
             at fractions of the best fixed count's predicted capacity (--rates)
+  replay-goodput  REPLAYED: goodput as above, at 1.3x the best fixed stream count's predicted
+            capacity, packrat auto with deadline_ms = 500, "fail" against "run"
 
 Capacity: jobs/s the one-at-a-time agent sustains closed-loop (8 jobs in flight), measured
 first. Jobs are 1 item (ResNet-18 by default), as in the serving issue's table.
@@ -200,10 +202,35 @@ def replay(args):
                        "results": results}, f, indent=1)
 
 
+def replay_goodput(args):
+    work = tempfile.mkdtemp(prefix="bench-replay-")
+    profile = os.path.abspath(args.profile)
+    cores, cap = fixed_capacity(profile, args.max_batch)
+    rate = 1.3 * cap
+    print(f"REPLAYED on {cores} virtual cores from {os.path.basename(profile)}; best fixed "
+          f"capacity {cap:.1f} jobs/s (predicted); load {rate:.1f} jobs/s", flush=True)
+    systems = {
+        "fail": 'deadline_ms = 500\non_deadline = "fail"',
+        "run": 'deadline_ms = 500\non_deadline = "run"',
+    }
+    out = {}
+    for k, sysname in enumerate(abba(list(systems), args.rounds)):
+        r = segment(work, profile, args.max_batch, (1,), systems[sysname], rate, args.seconds,
+                    seed=7 + k // 2, deadline_ms=500)
+        out.setdefault(sysname, []).append(r)
+        print(f"{sysname}: {r['on_time_per_s']:.2f} on time/s ({r['on_time_per_s'] / cap:.2f}x "
+              f"capacity), {r['failed']} shed, p50 {r['p50_ms']:.0f} p99 {r['p99_ms']:.0f} ms, "
+              f"done {r['jobs_done']} failed {r['jobs_failed']}, {r['jobs']} outputs", flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"replayed": True, "capacity": cap, "rate": rate, "results": out}, f,
+                      indent=1)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["rates", "goodput", "replay"])
+    p.add_argument("what", choices=["rates", "goodput", "replay", "replay-goodput"])
     p.add_argument("--profile", default=os.path.join(HERE, "..", "crates", "planner", "tests",
                                                      "data", "resnet_cloudlab16.json"))
     p.add_argument("--streams", default="1,2,4,8,16", help="replay: fixed stream counts k")
@@ -216,7 +243,8 @@ def main():
     p.add_argument("--out")
     args = p.parse_args()
     random.seed(1)
-    {"rates": rates, "goodput": goodput, "replay": replay}[args.what](args)
+    {"rates": rates, "goodput": goodput, "replay": replay,
+     "replay-goodput": replay_goodput}[args.what](args)
 
 
 if __name__ == "__main__":

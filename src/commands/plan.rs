@@ -128,7 +128,10 @@ fn queue(curve: &Curve, topo: &Topology, max_batch: usize, rate: f64, per_job: f
             }
         }
     }
-    let refs: Vec<(usize, &PlanTable)> = tables.iter().map(|(k, t)| (*k, t)).collect();
+    let refs: Vec<(usize, &PlanTable, usize)> = tables
+        .iter()
+        .map(|(k, t)| (*k, t, serving::measured_batch(t, curve)))
+        .collect();
     let Some((pick, all)) = serving::choose_among(&refs, 1.0, rate * per_job, per_job, 1, 0.0)
     else {
         bail!("the profile gives no plan on {} cores", topo.len());

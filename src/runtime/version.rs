@@ -268,12 +268,24 @@ impl ModelVersion {
             .filter(|&k| k > 1)
             .filter_map(|k| self.lane_plan(k).map(|l| (k, l)))
             .collect();
-        let tables: Vec<(usize, &PlanTable)> = std::iter::once((1, full.as_ref()))
-            .chain(
-                sets.iter()
-                    .filter_map(|(k, l)| Some((*k, l.tables.first()?))),
-            )
-            .collect();
+        // Capacity counts only batches the live profile measured (see serving::Choice).
+        let curve = self
+            .adapter()
+            .as_ref()
+            .and_then(Adapter::curve_and_weights)
+            .map(|(c, _)| c);
+        let measured = |t: &PlanTable| {
+            curve
+                .as_ref()
+                .map_or(t.max_batch(), |c| serving::measured_batch(t, c))
+        };
+        let tables: Vec<(usize, &PlanTable, usize)> =
+            std::iter::once((1, full.as_ref(), measured(&full)))
+                .chain(sets.iter().filter_map(|(k, l)| {
+                    let t = l.tables.first()?;
+                    Some((*k, t, measured(t)))
+                }))
+                .collect();
         match serving::choose_among(
             &tables,
             self.correction(),

@@ -19,6 +19,7 @@
 //! batch at a time. When no `k` keeps up, the one with the most capacity wins. This is a
 //! model, not a measurement: the benchmark (BENCHMARKS.md) checks it end to end.
 
+use crate::profile::Curve;
 use crate::topology::Topology;
 use crate::PlanTable;
 
@@ -26,6 +27,33 @@ use crate::PlanTable;
 pub struct Choice<'a> {
     pub lanes: usize,
     pub batch_ms: &'a dyn Fn(usize) -> f64,
+    /// The largest batch whose latency comes from measured points (interpolated between
+    /// them, not extrapolated past them): capacity is counted up to it only. A lane of few
+    /// cores batching far past what the co-located profile measured would otherwise look
+    /// faster than it is — extrapolation once put 16 one-core lanes with 64-item batches of
+    /// ResNet-50 at 3.4 s, where the authors measured 4.8 s.
+    pub measured: usize,
+}
+
+/// Under overload, the capacity another option must add to be switched to.
+pub const OVERLOAD_GAIN: f64 = 0.03;
+
+/// The largest batch of `table` whose plan runs every instance within the sub-batches
+/// `curve` measured for its thread count (at least 1).
+pub fn measured_batch(table: &PlanTable, curve: &Curve) -> usize {
+    table
+        .plans
+        .iter()
+        .take_while(|p| {
+            p.instances.iter().all(|i| {
+                curve
+                    .batches(i.threads)
+                    .last()
+                    .is_some_and(|&top| i.batch <= top)
+            })
+        })
+        .count()
+        .max(1)
 }
 
 /// What the model predicts for `lanes` lanes at a load.
@@ -57,16 +85,13 @@ fn erlang_c(k: usize, a: f64) -> f64 {
     last / (sum + last)
 }
 
-/// Under overload, the capacity another option must add to be switched to.
-pub const OVERLOAD_GAIN: f64 = 0.03;
-
 /// The prediction for one option at `rate` items/s, jobs of `per_job` items.
 pub fn predict(o: &Choice<'_>, rate: f64, per_job: f64, max_batch: usize) -> Prediction {
     let k = o.lanes.max(1);
     let kf = k as f64;
     let max = max_batch.max(1);
-    let l_max = (o.batch_ms)(max).max(1e-6);
-    let capacity = kf * max as f64 / (l_max / 1e3);
+    let m = max.min(o.measured).max(1);
+    let capacity = kf * m as f64 / ((o.batch_ms)(m).max(1e-6) / 1e3);
     let r = rate.max(0.0) / kf;
     let first = (per_job.ceil() as usize).clamp(1, max);
     let mut best: Option<(usize, f64)> = None;
@@ -91,9 +116,7 @@ pub fn predict(o: &Choice<'_>, rate: f64, per_job: f64, max_batch: usize) -> Pre
 
 /// The best option at `rate` items/s: the least predicted latency among those that keep up,
 /// else the most capacity. `current` (a lane count) is kept unless another predicts at
-/// least `hysteresis` (e.g. 0.1 = 10 %) less latency, or it cannot keep up. When nothing
-/// keeps up, the backlog grows under every option: any [`OVERLOAD_GAIN`] more capacity
-/// drains it sooner, so the latency hysteresis does not hold the current option there.
+/// least `hysteresis` (e.g. 0.1 = 10 %) less latency, or it cannot keep up.
 pub fn choose(
     options: &[Choice<'_>],
     rate: f64,
@@ -119,6 +142,8 @@ pub fn choose(
         {
             c
         }
+        // Nothing keeps up: the backlog grows under every option, and any option that serves
+        // more drains it sooner, so a little more (measured) capacity is switched to.
         Some(c)
             if !best.latency_ms.is_finite()
                 && best.capacity <= c.capacity * (1.0 + OVERLOAD_GAIN.min(hysteresis)) =>
@@ -130,33 +155,34 @@ pub fn choose(
     Some((pick, all))
 }
 
-/// [`choose`] over plan tables: `(lanes, one lane's plan table)` each (for one lane, the
-/// table over every core), every predicted batch latency scaled by `scale`.
+/// [`choose`] over plan tables: `(lanes, one lane's plan table, its measured batch)` each
+/// (for one lane, the table over every core), every predicted batch latency scaled by `scale`.
 pub fn choose_among(
-    tables: &[(usize, &PlanTable)],
+    tables: &[(usize, &PlanTable, usize)],
     scale: f64,
     rate: f64,
     per_job: f64,
     current: usize,
     hysteresis: f64,
 ) -> Option<(Prediction, Vec<Prediction>)> {
-    let max_batch = tables.iter().map(|(_, t)| t.max_batch()).min()?;
-    let fns: Vec<(usize, _)> = tables
+    let max_batch = tables.iter().map(|(_, t, _)| t.max_batch()).min()?;
+    let fns: Vec<(usize, _, usize)> = tables
         .iter()
-        .map(|&(k, t)| {
+        .map(|&(k, t, measured)| {
             let f = move |b: usize| {
                 t.for_batch(b)
                     .predicted_latency_ms
                     .map_or(f64::INFINITY, |ms| ms * scale)
             };
-            (k, f)
+            (k, f, measured)
         })
         .collect();
     let options: Vec<Choice<'_>> = fns
         .iter()
-        .map(|(k, f)| Choice {
+        .map(|(k, f, measured)| Choice {
             lanes: *k,
             batch_ms: f,
+            measured: *measured,
         })
         .collect();
     choose(&options, rate, per_job, max_batch, current, hysteresis)
@@ -201,10 +227,12 @@ mod tests {
             Choice {
                 lanes: 1,
                 batch_ms: &one,
+                measured: usize::MAX,
             },
             Choice {
                 lanes: 2,
                 batch_ms: &two,
+                measured: usize::MAX,
             },
         ];
         let (p, _) = choose(&opts, 5.0, 1.0, 16, 1, 0.0).unwrap();
@@ -223,6 +251,7 @@ mod tests {
         let o = Choice {
             lanes: 1,
             batch_ms: &one,
+            measured: usize::MAX,
         };
         // 100 items/s: b=1 is saturated (1.4 items arrive in its 14 ms); b=2 is 90 % busy
         // (W = 18 + 0.5·0.9·18/0.1 = 99 ms); b=4's 50 ms is the least (b=3 52, b=5 52.5).
@@ -245,6 +274,52 @@ mod tests {
     }
 
     #[test]
+    fn under_overload_more_measured_capacity_is_switched_to_and_extrapolated_is_not() {
+        // One lane: 8 items per 100 ms (80/s); two lanes: 8 items per 190 ms each (84/s),
+        // 2 items per 77.5 ms (52/s).
+        let one = |b: usize| 100.0 * b as f64 / 8.0;
+        let two = |b: usize| 40.0 + 18.75 * b as f64;
+        let opts = |measured| {
+            [
+                Choice {
+                    lanes: 1,
+                    batch_ms: &one,
+                    measured: 8,
+                },
+                Choice {
+                    lanes: 2,
+                    batch_ms: &two,
+                    measured,
+                },
+            ]
+        };
+        // At 100 items/s nothing keeps up: 5 % more capacity wins despite a 15 % hysteresis…
+        let (pick, all) = choose(&opts(8), 100.0, 1.0, 8, 1, 0.15).unwrap();
+        assert!(all.iter().all(|p| !p.latency_ms.is_finite()));
+        assert_eq!(pick.lanes, 2);
+        // … but not when it only shows past the batches the profile measured.
+        let (pick, all) = choose(&opts(2), 100.0, 1.0, 8, 1, 0.15).unwrap();
+        assert_eq!(pick.lanes, 1, "{all:?}");
+    }
+
+    #[test]
+    fn the_measured_batch_stops_where_a_plan_needs_an_unmeasured_sub_batch() {
+        use crate::profile::Point;
+        // 1-thread instances measured up to 2 items, 2-thread ones up to 8.
+        let curve = Curve::from_points(&[
+            Point::new(1, 1, 10.0),
+            Point::new(1, 2, 19.0),
+            Point::new(2, 1, 6.0),
+            Point::new(2, 8, 40.0),
+        ])
+        .unwrap();
+        let one_core = crate::PlanTable::from_curve(&curve, &Topology::flat(1), 8).unwrap();
+        assert_eq!(measured_batch(&one_core, &curve), 2);
+        let two_cores = crate::PlanTable::from_curve(&curve, &Topology::flat(2), 8).unwrap();
+        assert!(measured_batch(&two_cores, &curve) >= 4, "{two_cores:?}");
+    }
+
+    #[test]
     fn hysteresis_keeps_the_current_choice_unless_clearly_worse() {
         let a = |b: usize| 10.0 + b as f64;
         let b = |b: usize| 9.8 + b as f64;
@@ -252,48 +327,16 @@ mod tests {
             Choice {
                 lanes: 1,
                 batch_ms: &a,
+                measured: usize::MAX,
             },
             Choice {
                 lanes: 2,
                 batch_ms: &b,
+                measured: usize::MAX,
             },
         ];
         assert_eq!(choose(&opts, 1.0, 1.0, 8, 1, 0.1).unwrap().0.lanes, 1);
         assert_eq!(choose(&opts, 1.0, 1.0, 8, 1, 0.0).unwrap().0.lanes, 2);
-    }
-
-    #[test]
-    fn under_overload_a_little_more_capacity_is_switched_to() {
-        // One lane: 8 items per 100 ms (80/s); two lanes: 8 items per 190 ms each (84/s).
-        let one = |b: usize| 100.0 * b as f64 / 8.0;
-        let two = |b: usize| 190.0 * b as f64 / 8.0;
-        let opts = [
-            Choice {
-                lanes: 1,
-                batch_ms: &one,
-            },
-            Choice {
-                lanes: 2,
-                batch_ms: &two,
-            },
-        ];
-        // At 100 items/s nothing keeps up: 5 % more capacity wins despite a 15 % hysteresis…
-        let (pick, all) = choose(&opts, 100.0, 1.0, 8, 1, 0.15).unwrap();
-        assert!(all.iter().all(|p| !p.latency_ms.is_finite()));
-        assert_eq!(pick.lanes, 2);
-        // … and 1 % more would not.
-        let two = |b: usize| 198.0 * b as f64 / 8.0;
-        let opts = [
-            Choice {
-                lanes: 1,
-                batch_ms: &one,
-            },
-            Choice {
-                lanes: 2,
-                batch_ms: &two,
-            },
-        ];
-        assert_eq!(choose(&opts, 100.0, 1.0, 8, 1, 0.15).unwrap().0.lanes, 1);
     }
 
     #[test]
