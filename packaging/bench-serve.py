@@ -99,6 +99,29 @@ def abba(names, rounds):
     return order
 
 
+def sweep(work, model, max_batch, shape, systems, cap, args, header=""):
+    """Every system at each of args.rates (fractions of cap), ABBA; prints each segment and
+    the table of medians; returns the results by rate and system."""
+    results = {}
+    for frac in [float(x) for x in args.rates.split(",")]:
+        rate = frac * cap
+        for k, sysname in enumerate(abba(list(systems), args.rounds)):
+            r = segment(work, model, max_batch, shape, systems[sysname], rate,
+                        args.seconds, seed=int(frac * 1000) + (k // len(systems)))
+            results.setdefault(f"{frac}", {}).setdefault(sysname, []).append(r)
+            print(f"{frac:.2f}x ({rate:.1f} jobs/s) {sysname}: p50 {r['p50_ms']:.0f} ms, p99 "
+                  f"{r['p99_ms']:.0f} ms, {r['jobs_per_s']:.2f} jobs/s, {r['lane_batches']} lane "
+                  f"batches, {r['switches']} switches, failed {r['failed']}", flush=True)
+    print(f"\n{header}| load | system | p50 ms | p99 ms | jobs/s | rounds |")
+    print("|---|---|---|---|---|---|")
+    for frac, by in results.items():
+        for sysname, rs in by.items():
+            med = lambda k: statistics.median(r[k] for r in rs)
+            print(f"| {float(frac):.2f}x ({float(frac) * cap:.1f}/s) | {sysname} | {med('p50_ms'):.0f} | "
+                  f"{med('p99_ms'):.0f} | {med('jobs_per_s'):.2f} | {len(rs)} |")
+    return results
+
+
 def rates(args):
     work = tempfile.mkdtemp(prefix="bench-serve-")
     shape = ba.SHAPES[args.model]
@@ -107,23 +130,7 @@ def rates(args):
     systems[name] = extra
     cap = capacity(work, args.model, args.max_batch, shape, 20)
     print(f"capacity (one at a time, closed loop): {cap:.2f} jobs/s", flush=True)
-    results = {}
-    for frac in [float(x) for x in args.rates.split(",")]:
-        rate = frac * cap
-        for k, sysname in enumerate(abba(list(systems), args.rounds)):
-            r = segment(work, args.model, args.max_batch, shape, systems[sysname], rate,
-                        args.seconds, seed=int(frac * 1000) + (k // len(systems)))
-            results.setdefault(f"{frac}", {}).setdefault(sysname, []).append(r)
-            print(f"{frac:.2f}x ({rate:.1f} jobs/s) {sysname}: p50 {r['p50_ms']:.0f} ms, p99 "
-                  f"{r['p99_ms']:.0f} ms, {r['jobs_per_s']:.2f} jobs/s, {r['lane_batches']} lane "
-                  f"batches, {r['switches']} switches", flush=True)
-    print("\n| load | system | p50 ms | p99 ms | jobs/s | rounds |")
-    print("|---|---|---|---|---|---|")
-    for frac, by in results.items():
-        for sysname, rs in by.items():
-            med = lambda k: statistics.median(r[k] for r in rs)
-            print(f"| {float(frac):.2f}x ({float(frac) * cap:.1f}/s) | {sysname} | {med('p50_ms'):.0f} | "
-                  f"{med('p99_ms'):.0f} | {med('jobs_per_s'):.2f} | {len(rs)} |")
+    results = sweep(work, args.model, args.max_batch, shape, systems, cap, args)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"capacity": cap, "results": results}, f, indent=1)
@@ -178,24 +185,8 @@ def replay(args):
     for k in [int(x) for x in args.streams.split(",")]:
         if cores % k == 0:
             systems[f"{k} x {cores // k}"] = f'plan = "baseline"\nconcurrent_batches = {k}'
-    results = {}
-    for frac in [float(x) for x in args.rates.split(",")]:
-        rate = frac * cap
-        for k, sysname in enumerate(abba(list(systems), args.rounds)):
-            r = segment(work, profile, args.max_batch, (1,), systems[sysname], rate,
-                        args.seconds, seed=int(frac * 1000) + (k // len(systems)))
-            results.setdefault(f"{frac}", {}).setdefault(sysname, []).append(r)
-            print(f"{frac:.2f}x ({rate:.1f} jobs/s) {sysname}: p50 {r['p50_ms']:.0f} ms, p99 "
-                  f"{r['p99_ms']:.0f} ms, {r['jobs_per_s']:.2f} jobs/s, {r['lane_batches']} lane "
-                  f"batches, {r['switches']} switches, failed {r['failed']}", flush=True)
-    print("\nREPLAYED (not measured on this host)")
-    print("| load | system | p50 ms | p99 ms | jobs/s | rounds |")
-    print("|---|---|---|---|---|---|")
-    for frac, by in results.items():
-        for sysname, rs in by.items():
-            med = lambda k: statistics.median(r[k] for r in rs)
-            print(f"| {float(frac):.2f}x ({float(frac) * cap:.1f}/s) | {sysname} | {med('p50_ms'):.0f} | "
-                  f"{med('p99_ms'):.0f} | {med('jobs_per_s'):.2f} | {len(rs)} |")
+    results = sweep(work, profile, args.max_batch, (1,), systems, cap, args,
+                    header="REPLAYED (not measured on this host)\n")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"replayed": True, "profile": profile, "capacity": cap,
