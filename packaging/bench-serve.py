@@ -136,24 +136,32 @@ def rates(args):
             json.dump({"capacity": cap, "results": results}, f, indent=1)
 
 
+DEADLINE_SYSTEMS = {
+    "fail": 'deadline_ms = 500\non_deadline = "fail"',
+    "run": 'deadline_ms = 500\non_deadline = "run"',
+}
+
+
+def deadline_rounds(work, model, max_batch, shape, rate, cap, args):
+    """on_deadline "fail" against "run" at `rate`, ABBA; prints each segment's goodput."""
+    out = {}
+    for k, sysname in enumerate(abba(list(DEADLINE_SYSTEMS), args.rounds)):
+        r = segment(work, model, max_batch, shape, DEADLINE_SYSTEMS[sysname], rate, args.seconds,
+                    seed=7 + k // 2, deadline_ms=500)
+        out.setdefault(sysname, []).append(r)
+        print(f"{sysname}: {r['on_time_per_s']:.2f} on time/s ({r['on_time_per_s'] / cap:.2f}x "
+              f"capacity), {r['failed']} shed, p50 {r['p50_ms']:.0f} p99 {r['p99_ms']:.0f} ms, "
+              f"done {r['jobs_done']} failed {r['jobs_failed']}, {r['jobs']} outputs", flush=True)
+    return out
+
+
 def goodput(args):
     work = tempfile.mkdtemp(prefix="bench-serve-")
     shape = ba.SHAPES[args.model]
     cap = capacity(work, args.model, args.max_batch, shape, 20)
     rate = 1.3 * cap
     print(f"capacity {cap:.2f} jobs/s; load {rate:.2f} jobs/s", flush=True)
-    systems = {
-        "fail": 'deadline_ms = 500\non_deadline = "fail"',
-        "run": 'deadline_ms = 500\non_deadline = "run"',
-    }
-    out = {}
-    for k, sysname in enumerate(abba(list(systems), args.rounds)):
-        r = segment(work, args.model, args.max_batch, shape, systems[sysname], rate, args.seconds,
-                    seed=7 + k // 2, deadline_ms=500)
-        out.setdefault(sysname, []).append(r)
-        print(f"{sysname}: {r['on_time_per_s']:.2f} on time/s ({r['on_time_per_s'] / cap:.2f}x "
-              f"capacity), {r['failed']} shed, p50 {r['p50_ms']:.0f} p99 {r['p99_ms']:.0f} ms, "
-              f"done {r['jobs_done']} failed {r['jobs_failed']}", flush=True)
+    out = deadline_rounds(work, args.model, args.max_batch, shape, rate, cap, args)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"capacity": cap, "rate": rate, "results": out}, f, indent=1)
@@ -200,18 +208,7 @@ def replay_goodput(args):
     rate = 1.3 * cap
     print(f"REPLAYED on {cores} virtual cores from {os.path.basename(profile)}; best fixed "
           f"capacity {cap:.1f} jobs/s (predicted); load {rate:.1f} jobs/s", flush=True)
-    systems = {
-        "fail": 'deadline_ms = 500\non_deadline = "fail"',
-        "run": 'deadline_ms = 500\non_deadline = "run"',
-    }
-    out = {}
-    for k, sysname in enumerate(abba(list(systems), args.rounds)):
-        r = segment(work, profile, args.max_batch, (1,), systems[sysname], rate, args.seconds,
-                    seed=7 + k // 2, deadline_ms=500)
-        out.setdefault(sysname, []).append(r)
-        print(f"{sysname}: {r['on_time_per_s']:.2f} on time/s ({r['on_time_per_s'] / cap:.2f}x "
-              f"capacity), {r['failed']} shed, p50 {r['p50_ms']:.0f} p99 {r['p99_ms']:.0f} ms, "
-              f"done {r['jobs_done']} failed {r['jobs_failed']}, {r['jobs']} outputs", flush=True)
+    out = deadline_rounds(work, profile, args.max_batch, (1,), rate, cap, args)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"replayed": True, "capacity": cap, "rate": rate, "results": out}, f,

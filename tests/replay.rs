@@ -5,8 +5,8 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -37,18 +37,17 @@ fn replaying(profile: &Path, extra: &str) -> Agent {
 
 /// `packrat plan --json` for one batch size.
 fn packrat_plan(profile: &Path, cores: usize, batch: usize) -> Plan {
-    let out = Command::new(env!("CARGO_BIN_EXE_packrat"))
-        .args(["plan", "--json", "--profile"])
-        .arg(profile)
-        .args(["--cores", &cores.to_string(), "--batch", &batch.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let args = [
+        OsString::from("plan"),
+        "--json".into(),
+        "--cores".into(),
+        cores.to_string().into(),
+        "--batch".into(),
+        batch.to_string().into(),
+        "--profile".into(),
+        profile.into(),
+    ];
+    serde_json::from_slice(&packrat_ok(&args)).unwrap()
 }
 
 fn shape(p: &Plan) -> Vec<(usize, usize)> {
@@ -199,25 +198,21 @@ fn a_replayed_18_core_agent_plans_as_packrat_plan_and_its_batches_take_the_profi
 
 /// The lane count `packrat plan --rate` picks for `profile` at `rate` jobs of `items` items.
 fn planned_lanes(profile: &Path, cores: usize, max_batch: usize, rate: f64, items: usize) -> usize {
-    let out = Command::new(env!("CARGO_BIN_EXE_packrat"))
-        .args(["plan", "--profile"])
-        .arg(profile)
-        .args([
-            "--cores",
-            &cores.to_string(),
-            "--batch",
-            &max_batch.to_string(),
-        ])
-        .args([
-            "--rate",
-            &rate.to_string(),
-            "--job-items",
-            &items.to_string(),
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let args = [
+        OsString::from("plan"),
+        "--cores".into(),
+        cores.to_string().into(),
+        "--batch".into(),
+        max_batch.to_string().into(),
+        "--rate".into(),
+        rate.to_string().into(),
+        "--job-items".into(),
+        items.to_string().into(),
+        "--profile".into(),
+        profile.into(),
+    ];
+    let out = packrat_ok(&args);
+    let text = String::from_utf8_lossy(&out);
     // The row packrat picks is marked "<- packrat"; its first column is the lane count.
     text.lines()
         .find(|l| l.contains("<- packrat"))

@@ -2,9 +2,8 @@
 //! each version N, holding one model file (`model.pt`, `model.onnx`, or `model.xml` with its
 //! `model.bin`; `profile.json` for the replay engine). Which versions exist, which one is
 //! wanted (the highest, or a pinned one), and which model file and engine a version folder
-//! holds. Names that are not a plain number
-//! (`.5.tmp`, `5-staging`) are not versions: a client writes a version under such a name and
-//! renames it into place.
+//! holds. Names that are not a plain number (`.5.tmp`, `5-staging`) are not versions: a
+//! client writes a version under such a name and renames it into place.
 
 use std::io;
 use std::path::PathBuf;

@@ -2,6 +2,7 @@
 //! references, and reading thread placement from /proc.
 #![allow(dead_code)] // each test binary uses its own part of it
 
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -205,16 +206,14 @@ impl Agent {
 impl Agent {
     /// Profiles this agent's model once with `packrat profile` (cached in its state dir).
     pub fn profile(&self) -> packrat::planner::profile::ProfileFile {
-        let out = Command::new(env!("CARGO_BIN_EXE_packrat"))
-            .args(["profile", "--model", "m", "--config"])
-            .arg(&self.config)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let config = self.config.as_os_str();
+        packrat_ok(&[
+            OsStr::new("profile"),
+            OsStr::new("--model"),
+            OsStr::new("m"),
+            OsStr::new("--config"),
+            config,
+        ]);
         packrat::planner::profile::ProfileFile::load(&self.state().join("profiles/m.json")).unwrap()
     }
 
@@ -222,6 +221,21 @@ impl Agent {
     pub fn claimed(&self) -> Vec<String> {
         claimed(&self.model_dir())
     }
+}
+
+/// The stdout of a `packrat` command that must succeed (its stderr in the panic otherwise).
+pub fn packrat_ok<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> Vec<u8> {
+    let out = Command::new(env!("CARGO_BIN_EXE_packrat"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "packrat {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 /// Job files claimed under `model_dir/claims/*/`, sorted.
