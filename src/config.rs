@@ -118,6 +118,7 @@ struct RawConfig {
     #[serde(default = "defaults::keep_inputs")]
     keep_inputs: bool,
     output_mode: Option<String>,
+    partition: Option<String>,
     #[serde(default)]
     model: Vec<RawModel>,
 }
@@ -159,6 +160,8 @@ struct RawModel {
     on_deadline: Option<String>,
     concurrent_batches: Option<toml::Value>,
     static_shapes: Option<usize>,
+    weight: Option<f64>,
+    min_cores: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,6 +242,36 @@ pub struct ModelConfig {
     /// `engine = "replay"`: the replayed machine's core count; the model plans and runs on
     /// virtual cores 0..N instead of the agent's `cores`.
     pub virtual_cores: Option<usize>,
+    /// In the joint core partition: how much this model's job latency counts against the
+    /// others' (1: as much).
+    pub weight: f64,
+    /// In the joint core partition, while it has work: the fewest cores it gets (None: one,
+    /// when there are at least as many cores as models).
+    pub min_cores: Option<usize>,
+}
+
+/// How several models share the cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Partition {
+    /// Cores go to models by predicted latency at their current loads, re-solved as loads
+    /// shift; a model without work lends its cores.
+    #[default]
+    Joint,
+    /// Every model plans over every core by itself (they overlap when busy at once).
+    Overlap,
+    /// Each model gets an equal, fixed part of the cores, whatever the load.
+    Equal,
+}
+
+impl Partition {
+    pub fn name(self) -> &'static str {
+        match self {
+            Partition::Joint => "joint",
+            Partition::Overlap => "overlap",
+            Partition::Equal => "equal",
+        }
+    }
 }
 
 /// What becomes of a job that can no longer finish by its deadline.
@@ -288,6 +321,8 @@ pub struct Config {
     pub keep_inputs: bool,
     /// Mode bits of outputs and failure records.
     pub output_mode: u32,
+    /// How the models share the cores.
+    pub partition: Partition,
     pub models: Vec<ModelConfig>,
 }
 
@@ -386,6 +421,18 @@ impl Config {
             );
         }
         let output_mode = output_mode(raw.output_mode.as_deref().unwrap_or(defaults::OUTPUT_MODE))?;
+        let partition = match raw.partition.as_deref() {
+            None | Some("joint") => Partition::Joint,
+            Some("overlap") => Partition::Overlap,
+            Some("equal") => Partition::Equal,
+            Some(other) => {
+                return refuse(
+                    "partition",
+                    format!("there is no partition '{other}'"),
+                    "write partition = \"joint\" (cores follow the models' loads; the default), \"equal\" (a fixed equal share each) or \"overlap\" (every model on every core)",
+                )
+            }
+        };
         if raw.model.is_empty() {
             return refuse(
                 "model",
@@ -415,6 +462,7 @@ impl Config {
             tmp_max_age_s: raw.tmp_max_age_s,
             keep_inputs: raw.keep_inputs,
             output_mode,
+            partition,
             models,
         })
     }
@@ -637,7 +685,27 @@ fn model(i: usize, m: RawModel, cores: Option<&[usize]>) -> Result<ModelConfig, 
         Some(n) => n,
         None => EngineOptions::DEFAULT_STATIC_SHAPES,
     };
+    let weight = m.weight.unwrap_or(1.0);
+    if !(weight.is_finite() && (0.01..=100.0).contains(&weight)) {
+        return refuse(
+            f("weight"),
+            format!("{weight} is out of range"),
+            "use 0.01..100, e.g. weight = 2 (this model's latency counts twice the others' in the joint partition; default 1)",
+        );
+    }
+    let all_cores = cores.map(<[usize]>::len);
+    if let Some(n) = m.min_cores {
+        if n == 0 || all_cores.is_some_and(|c| n > c) {
+            return refuse(
+                f("min_cores"),
+                format!("{n} is not a count of 1..the cores"),
+                "write e.g. min_cores = 2 (the fewest cores this model keeps while it has work), or leave it out (one core)",
+            );
+        }
+    }
     Ok(ModelConfig {
+        weight,
+        min_cores: m.min_cores,
         engine_options: EngineOptions { static_shapes },
         adapt: Adapt {
             enabled: m.adapt,

@@ -22,6 +22,7 @@
 //!   [`runtime::adapt`], with exploration under load in [`runtime::explore`]) and
 //!   at most one being built beside it ([`runtime::load`]), the version history
 //!   ([`runtime::lifecycle`]), stats and drift;
+//!   [`runtime::partition`] splits the cores between several models by their loads;
 //! - [`config`]: the TOML config, parsed and validated field by field before anything starts;
 //! - [`profiler`]: targeted, co-located profiling through the engine, and the profile cache;
 //! - [`engine`]: the engines (libtorch for TorchScript files and built-ins, ONNX Runtime,

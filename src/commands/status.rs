@@ -144,6 +144,23 @@ pub fn run(args: &Args) -> Result<i32> {
                 g.expired
             );
         }
+        let sh = &m.share;
+        if !sh.partition.is_empty() {
+            println!(
+                "  cores ({} partition, weight {}, min_cores {}): {}; {:.1} jobs/s, predicted {}",
+                sh.partition,
+                sh.weight,
+                sh.min_cores,
+                match &sh.cores {
+                    None => "every core".to_string(),
+                    Some(c) if c.is_empty() => "none while it has no work".to_string(),
+                    Some(c) => crate::planner::cores_str(c),
+                },
+                sh.arrival_rate,
+                sh.predicted_ms
+                    .map_or_else(|| "-".to_string(), |ms| format!("{ms:.1} ms per job"))
+            );
+        }
         let c = &m.concurrency;
         if c.lanes > 1 || c.lane_batches > 0 {
             let predicted: Vec<String> = c

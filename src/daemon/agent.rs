@@ -18,6 +18,7 @@ use crate::config::{Config, ConfigError, ModelConfig, PlanChoice};
 use crate::engine::EngineKind;
 use crate::planner::cpu::CpuInfo;
 use crate::runtime::load::{self, Place};
+use crate::runtime::partition::Partitioner;
 use crate::runtime::plans::Profiling;
 use crate::runtime::precision::resolve;
 use crate::runtime::version::ModelVersion;
@@ -73,6 +74,8 @@ pub struct Agent {
     versions_watch: Option<Watch>,
     /// This process's start time, written beside the pid (see [`Status::start_time`]).
     start_time: Option<u64>,
+    /// Which cores each model gets.
+    partitioner: Partitioner,
 }
 
 impl Agent {
@@ -119,6 +122,7 @@ impl Agent {
             jobs_watch: None,
             versions_watch: None,
             start_time: process_start_time(std::process::id()),
+            partitioner: Partitioner::default(),
         })
     }
 
@@ -271,6 +275,25 @@ impl Agent {
         }
     }
 
+    /// Re-solves which cores each model gets, from their loads now.
+    pub fn repartition(&mut self) {
+        let rts: Vec<Arc<ModelRuntime>> = self.models.iter().map(|m| m.rt.clone()).collect();
+        self.partitioner.tick(self.config.partition, &rts, false);
+    }
+
+    /// After a scan: a model the partition gave no cores (it had no work) whose jobs now wait
+    /// is given some at once.
+    pub fn repartition_if_starved(&mut self) {
+        let starved = self
+            .models
+            .iter()
+            .any(|m| m.rt.share().is_some_and(|s| s.is_empty()) && m.rt.has_waiting());
+        if starved {
+            let rts: Vec<Arc<ModelRuntime>> = self.models.iter().map(|m| m.rt.clone()).collect();
+            self.partitioner.tick(self.config.partition, &rts, true);
+        }
+    }
+
     /// Takes over the jobs of agents on the same spools that are gone.
     pub fn take_over(&self) {
         for m in &self.models {
@@ -373,6 +396,7 @@ impl Agent {
             config: self.config.path.display().to_string(),
             cpu: Some(CpuInfo::detect().clone()),
             models: self.models.iter().map(|m| m.rt.status()).collect(),
+            partition: self.partitioner.status.clone(),
         };
         if let Err(e) = status.write(&self.config.state_dir) {
             log::warn!("cannot write the status file: {e:#}");

@@ -81,13 +81,14 @@ pub fn serve_until_shutdown(agent: &mut Agent, events: &Receiver<Event>) {
     let watchdog_period = agent.notifier.watchdog_interval();
     let tick = watchdog_period
         .map_or(rescan_period, |w| w.min(rescan_period))
-        .min(Duration::from_secs(1));
+        .min(crate::runtime::partition::SOLVE_EVERY);
     let mut rescan = Every::new(rescan_period);
     // Not reset by arrivals: under steady load these must still run.
     let mut chores = Every::new(rescan_period);
     let mut status = Every::new(Duration::from_secs(1));
     let mut clean = Every::new(Duration::from_secs(60));
     let mut watchdog = watchdog_period.map(Every::new);
+    let mut partition = Every::new(crate::runtime::partition::SOLVE_EVERY);
 
     agent.scan();
     agent.write_status(AgentState::Serving);
@@ -118,6 +119,7 @@ pub fn serve_until_shutdown(agent: &mut Agent, events: &Receiver<Event>) {
                     }
                 }
                 agent.scan();
+                agent.repartition_if_starved();
                 rescan.reset();
             }
             Ok(Event::Versions) => agent.check_versions(),
@@ -134,6 +136,10 @@ pub fn serve_until_shutdown(agent: &mut Agent, events: &Receiver<Event>) {
         agent.adopt_added();
         if rescan.due() {
             agent.scan();
+            agent.repartition_if_starved();
+        }
+        if partition.due() {
+            agent.repartition();
         }
         if chores.due() {
             // Dead agents are looked for periodically, not per arrival; so are versions

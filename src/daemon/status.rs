@@ -53,6 +53,9 @@ pub struct Status {
     #[serde(default)]
     pub cpu: Option<CpuInfo>,
     pub models: Vec<ModelStatus>,
+    /// How the models share the cores.
+    #[serde(default)]
+    pub partition: crate::runtime::partition::PartitionStatus,
 }
 
 /// A process's start time as `/proc/<pid>/stat` gives it (None where /proc hides it).

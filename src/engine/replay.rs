@@ -6,13 +6,17 @@
 //!
 //! It reads the planner's profile format (the one leaf crate below the engine that knows it)
 //! rather than a format of its own, so a replay runs exactly the numbers `packrat plan` plans
-//! with. Co-location effects are the profile's: the authors' profiles time one instance alone,
-//! so replayed instances do not slow each other down.
+//! with. Co-location effects within a model are the profile's (its instances never share a
+//! core). Passes that do share a virtual core — two models overlapping on the same cores —
+//! share it as the kernel's scheduler would, by processor sharing: while `n` running threads
+//! are on one of its cores, a pass advances at `1/n` of its speed (its slowest thread sets
+//! its pace). So overlap costs in a replay what it costs on a real machine, to a first order.
 //!
 //! The outputs are real and cheap: per item, the sum of each input over its features, so that
 //! a replayed job's output can be checked like any other.
 
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -94,6 +98,7 @@ impl Backend for Replay {
             curve: self.curve.clone(),
             ti,
             threads: spec.threads,
+            cores: spec.cores.clone(),
         }))
     }
 }
@@ -102,6 +107,47 @@ struct ReplaySession {
     curve: std::sync::Arc<Curve>,
     ti: usize,
     threads: usize,
+    cores: Vec<usize>,
+}
+
+/// Running replayed threads per virtual core, over every replayed model of the process.
+static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// The longest a pass sleeps before it looks again at who shares its cores.
+const LOOK_EVERY: Duration = Duration::from_millis(4);
+
+/// A pass on `cores` while it runs: counted in [`RUNNING`].
+struct Running<'a>(&'a [usize]);
+
+impl<'a> Running<'a> {
+    fn start(cores: &'a [usize]) -> Running<'a> {
+        let mut r = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+        for &c in cores {
+            if r.len() <= c {
+                r.resize(c + 1, 0);
+            }
+            r[c] += 1;
+        }
+        Running(cores)
+    }
+
+    /// How many times slower than alone it runs now: the most threads on one of its cores.
+    fn slowdown(&self) -> f64 {
+        let r = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+        let n = self.0.iter().filter_map(|&c| r.get(c)).max().copied();
+        f64::from(n.unwrap_or(1).max(1))
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut r = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+        for &c in self.0 {
+            if let Some(n) = r.get_mut(c) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
 }
 
 impl ReplaySession {
@@ -127,9 +173,17 @@ impl Session for ReplaySession {
         }
         let out = vec![("output".to_string(), sum.reshape([b as i64, 1]))];
         if b > 0 {
-            // Sleep out the rest of the profiled time: the batch takes what the profile says.
-            if let Some(rest) = self.latency(b).checked_sub(t0.elapsed()) {
-                std::thread::sleep(rest);
+            // Sleep out the rest of the profiled time: the batch takes what the profile says,
+            // slowed while other passes share its cores.
+            let running = Running::start(&self.cores);
+            let work = self.latency(b).as_secs_f64();
+            let mut done = t0.elapsed().as_secs_f64();
+            while done < work {
+                let f = running.slowdown();
+                let step = Duration::from_secs_f64((work - done) * f).min(LOOK_EVERY);
+                let t = Instant::now();
+                std::thread::sleep(step);
+                done += t.elapsed().as_secs_f64() / f;
             }
         }
         Ok(out)
@@ -184,5 +238,36 @@ mod tests {
             cores: vec![4],
         };
         assert!(r.open(&beyond).is_err());
+    }
+
+    #[test]
+    fn passes_sharing_a_virtual_core_share_its_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Replay::load(&profile(dir.path()), &[InputSpec::float("input", vec![1])]).unwrap();
+        let run_two = |a: usize, b: usize| {
+            let ready = std::sync::Barrier::new(2);
+            let took = |core: usize| {
+                let mut s = r
+                    .open(&InstanceSpec {
+                        threads: 1,
+                        cores: vec![core],
+                    })
+                    .unwrap();
+                let x = Tensor::ones([2, 1], (Kind::Float, tch::Device::Cpu));
+                ready.wait();
+                let t0 = Instant::now();
+                s.run(&[x]).unwrap();
+                t0.elapsed().as_secs_f64() * 1e3
+            };
+            std::thread::scope(|sc| {
+                let other = sc.spawn(|| took(b));
+                took(a).max(other.join().unwrap())
+            })
+        };
+        // Two 38 ms passes: on two cores side by side, on one core one after the other.
+        let apart = run_two(0, 1);
+        let shared = run_two(2, 2);
+        assert!((38.0..60.0).contains(&apart), "{apart} ms apart");
+        assert!((70.0..100.0).contains(&shared), "{shared} ms on one core");
     }
 }

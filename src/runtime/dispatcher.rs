@@ -226,6 +226,8 @@ struct Mode {
     at: Option<Instant>,
     /// Another count the last choices preferred, and how many times in a row.
     candidate: Option<(usize, u32)>,
+    /// The cores chosen for (None: every core).
+    cores: Option<Vec<usize>>,
 }
 
 impl Mode {
@@ -251,16 +253,39 @@ impl Mode {
     }
 }
 
+/// Where the next batch goes.
+enum Where {
+    /// Over every core: the version's plan table.
+    All,
+    /// On a free lane of these (over every core, or over the model's share of them).
+    Lanes(Arc<Lanes>),
+    /// Nowhere yet: the partition gave this model no cores (it had no work).
+    Nowhere,
+}
+
 impl Mode {
-    /// Where the next batch goes: a lane set of the serving version, or every core.
-    fn target(&mut self, rt: &ModelRuntime) -> Option<Arc<Lanes>> {
+    /// Where the next batch goes: a lane set of the serving version over the model's share
+    /// of the cores, or every core.
+    fn target(&mut self, rt: &ModelRuntime) -> Where {
         let v = rt.serving();
+        let share = rt.share();
+        if share.as_ref().is_some_and(|s| s.is_empty()) {
+            return Where::Nowhere;
+        }
+        let cores = share.as_ref().map(|s| s.ordered());
+        if cores != self.cores {
+            // New cores: choose again for them at once.
+            self.cores = cores;
+            self.at = None;
+            self.candidate = None;
+        }
         if self.at.is_none_or(|t| t.elapsed() >= lanes::CHOOSE_EVERY) {
             self.at = Some(Instant::now());
             let per_job = rt.stats().items_per_job();
             // The backlog counts as if it came within a second: it is to be drained.
             let jobs_per_s = rt.arrival_rate() + rt.queue.len() as f64;
             let (chosen, predicted) = v.choose_lanes(
+                share.as_ref(),
                 rt.settings().concurrent_batches,
                 jobs_per_s * per_job,
                 per_job,
@@ -277,7 +302,7 @@ impl Mode {
                     "model {}: {} now ({:.1} jobs/s with the backlog; predicted mean latency {})",
                     rt.name,
                     if k == 1 {
-                        "one batch at a time over every core".to_string()
+                        "one batch at a time over its cores".to_string()
                     } else {
                         format!("{k} batches at once on their own cores")
                     },
@@ -292,7 +317,12 @@ impl Mode {
             rt.lanes_chosen(k, jobs_per_s, predicted, k != self.k.max(1));
             self.k = k;
         }
-        v.lanes(self.k)
+        match v.lanes(share.as_ref(), self.k) {
+            Some(l) => Where::Lanes(l),
+            // Lanes not warm yet over a share: one batch at a time over it meanwhile.
+            None if share.is_some() => v.lanes(share.as_ref(), 1).map_or(Where::All, Where::Lanes),
+            None => Where::All,
+        }
     }
 }
 
@@ -307,9 +337,9 @@ struct LaneBatch {
 struct LaneWorkers<'scope, 'env> {
     txs: Vec<mpsc::Sender<LaneBatch>>,
     busy: Vec<bool>,
-    /// The lane count of the batches now running (a different count reuses the cores
-    /// differently: every batch finishes first).
-    running_k: usize,
+    /// The lane count and cores of the batches now running (another count, or other cores,
+    /// reuses the cores differently: every batch finishes first).
+    running: (usize, Vec<usize>),
     done_tx: mpsc::Sender<usize>,
     done_rx: mpsc::Receiver<usize>,
     scope: &'scope std::thread::Scope<'scope, 'env>,
@@ -321,7 +351,7 @@ impl<'scope, 'env> LaneWorkers<'scope, 'env> {
         LaneWorkers {
             txs: Vec::new(),
             busy: Vec::new(),
-            running_k: 0,
+            running: (0, Vec::new()),
             done_tx,
             done_rx,
             scope,
@@ -354,11 +384,12 @@ impl<'scope, 'env> LaneWorkers<'scope, 'env> {
         }
     }
 
-    /// A free lane of `k` (waiting for one), its worker started.
-    fn free(&mut self, rt: &'env ModelRuntime, k: usize) -> usize {
-        if k != self.running_k {
+    /// A free lane of `lanes` (waiting for one), its worker started.
+    fn free(&mut self, rt: &'env ModelRuntime, lanes: &Lanes) -> usize {
+        let k = lanes.k;
+        if k != self.running.0 || lanes.cores != self.running.1 {
             self.wait_idle();
-            self.running_k = k;
+            self.running = (k, lanes.cores.clone());
         }
         loop {
             self.collect(false);
@@ -410,7 +441,24 @@ pub(super) fn run(rt: &ModelRuntime) {
         let mut workers = LaneWorkers::new(s);
         let mut mode = Mode::default();
         loop {
-            let lanes = mode.target(rt);
+            let lanes = match mode.target(rt) {
+                Where::All => None,
+                Where::Lanes(l) => Some(l),
+                Where::Nowhere => {
+                    // No cores until the partition gives some (at once, once jobs wait).
+                    workers.wait_idle();
+                    rt.lanes_in_flight(0);
+                    if rt.queue.stopping() {
+                        break;
+                    }
+                    if carry.is_none() && rt.queue.is_empty() {
+                        idle(rt);
+                    } else {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    continue;
+                }
+            };
             let first_target = lanes
                 .as_ref()
                 .map_or(Target::All, |l| Target::Lane(l.clone(), 0));
@@ -421,7 +469,7 @@ pub(super) fn run(rt: &ModelRuntime) {
                     workers.wait_idle();
                     Target::All
                 }
-                Some(l) => Target::Lane(l.clone(), workers.free(rt, l.k)),
+                Some(l) => Target::Lane(l.clone(), workers.free(rt, l)),
             };
             rt.lanes_in_flight(workers.in_flight());
             let first = match carry.take() {
@@ -488,7 +536,9 @@ fn idle(rt: &ModelRuntime) {
             continue;
         }
         rt.reap();
-        if !rt.serving().idle_step(&rt.queue, &rt.busy) {
+        // Idle-gap measurements take every core: not while other models may use some.
+        let may_probe = rt.share().is_none();
+        if !rt.serving().idle_step(&rt.queue, &rt.busy, may_probe) {
             rt.queue.wait_for_work(Duration::from_millis(500));
         }
     }

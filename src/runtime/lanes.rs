@@ -39,6 +39,8 @@ const RATE_WINDOW: Duration = Duration::from_secs(5);
 pub struct Lanes {
     pub k: usize,
     pub tables: Vec<PlanTable>,
+    /// Every core the lanes run on.
+    pub cores: Vec<usize>,
 }
 
 impl Lanes {
@@ -57,7 +59,11 @@ impl Lanes {
             .iter()
             .map(|t| menu::bounded(curve, t, max_batch, weights, LANE_LAYOUTS).map(|(t, _)| t))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Some(Lanes { k, tables }))
+        Ok(Some(Lanes {
+            k,
+            tables,
+            cores: topo.ordered(),
+        }))
     }
 
     /// Every lane's instance layouts (to keep warm).

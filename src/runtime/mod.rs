@@ -21,6 +21,7 @@ pub mod explore;
 pub mod lanes;
 pub mod lifecycle;
 pub mod load;
+pub mod partition;
 pub mod plans;
 pub mod precision;
 pub mod queue;
@@ -37,6 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ModelConfig;
 use crate::engine::{InstanceInfo, Specialized};
+use crate::planner::topology::Topology;
 use crate::planner::{Plan, PlanSource};
 use crate::spool::{ErrorKind, Job, JobError, Spool, StorageError};
 use adapt::AdaptStatus;
@@ -44,6 +46,7 @@ use deadline::DeadlineStatus;
 use lanes::{Arrivals, LanesStatus};
 use lifecycle::{Lifecycle, VersionsStatus};
 use load::Place;
+use partition::{Demand, ShareStatus};
 use precision::PrecisionStatus;
 use queue::{JobQueue, Pending};
 pub use stats::SetStarts;
@@ -111,6 +114,9 @@ pub struct ModelStatus {
     /// Batches in flight at once (lanes).
     #[serde(default)]
     pub concurrency: LanesStatus,
+    /// Its cores in the joint partition of several models.
+    #[serde(default)]
+    pub share: ShareStatus,
 }
 
 pub struct ModelRuntime {
@@ -135,6 +141,10 @@ pub struct ModelRuntime {
     busy: Busy,
     arrivals: Mutex<Arrivals>,
     lanes: Mutex<LanesStatus>,
+    /// The cores the joint partition gives this model (None: every core; empty: none, while
+    /// it has no work).
+    share: RwLock<Option<Topology>>,
+    share_status: Mutex<ShareStatus>,
 }
 
 impl ModelRuntime {
@@ -156,7 +166,60 @@ impl ModelRuntime {
             busy: Busy::default(),
             arrivals: Mutex::new(Arrivals::default()),
             lanes: Mutex::new(LanesStatus::default()),
+            share: RwLock::new(None),
+            share_status: Mutex::new(ShareStatus::default()),
         }
+    }
+
+    /// The cores this model may run on now (None: every core; empty: none for now).
+    pub fn share(&self) -> Option<Topology> {
+        self.share
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// The partition moves this model to `share` (its next batch runs there).
+    pub fn set_share(&self, share: Option<Topology>) {
+        *self.share.write().unwrap_or_else(|p| p.into_inner()) = share;
+        self.queue.nudge();
+    }
+
+    /// What the partition last said of this model.
+    pub fn set_share_status(&self, status: ShareStatus) {
+        *self.share_status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+    }
+
+    /// Jobs wait for this model (claimed or not).
+    pub fn has_waiting(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// The cores this model's versions plan on.
+    pub fn topology(&self) -> &Topology {
+        &self.place.topo
+    }
+
+    /// This model's load and what it would predict on each core count, for the partition
+    /// (None: it has no live profile to predict from — a fixed plan, or `adapt = false`).
+    pub fn demand(&self) -> Option<Demand> {
+        let v = self.serving();
+        let backlog = self.queue.len();
+        let per_job = self.stats().items_per_job();
+        let jobs_per_s = self.arrival_rate() + backlog as f64;
+        let load = jobs_per_s * per_job;
+        let on = v.share_predictions(load, per_job)?;
+        let cfg = self.settings();
+        Some(Demand {
+            // Arrivals count for a few seconds after the last: it keeps its cores a while.
+            busy: jobs_per_s > 0.0,
+            waiting: backlog > 0,
+            jobs_per_s,
+            load,
+            on,
+            weight: cfg.weight,
+            min_cores: cfg.min_cores.unwrap_or(1),
+        })
     }
 
     fn lanes_status(&self) -> MutexGuard<'_, LanesStatus> {
@@ -570,9 +633,15 @@ impl ModelRuntime {
             .concurrent_batches
             .map_or_else(|| "auto".into(), |n| n.to_string());
         concurrency.lanes = concurrency.lanes.max(1);
-        concurrency.lane_instances = v.lane_instances(concurrency.lanes);
+        let share = self.share();
+        concurrency.lane_instances = v.lane_instances(share.as_ref(), concurrency.lanes);
         let stats = self.stats();
         ModelStatus {
+            share: self
+                .share_status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             concurrency,
             deadlines: DeadlineStatus {
                 deadline_ms: settings.deadline_ms,

@@ -33,14 +33,17 @@ use crate::planner::{Plan, PlanTable};
 /// Instance sets a pool may hold: the table's layouts (bounded by `max_layouts`), the next
 /// table's while it is being prepared, and a margin.
 fn pool_capacity(cfg: &ModelConfig, cores: usize) -> usize {
-    2 * cfg.adapt.max_layouts + 4 + lanes::LANE_LAYOUTS * cores
+    // Lanes over every core, and over the share of them the joint partition gives.
+    2 * cfg.adapt.max_layouts + 4 + 2 * lanes::LANE_LAYOUTS * cores
 }
 
-/// Lane plans for the table in force, per lane count (None: that count cannot be run).
+/// Lane plans for the table in force, per (cores, lane count), and plan tables per core count
+/// for the joint partition's predictions (None: that cannot be run).
 #[derive(Default)]
 struct LaneCache {
     table: Option<Arc<PlanTable>>,
-    sets: std::collections::BTreeMap<usize, Option<Arc<Lanes>>>,
+    sets: std::collections::BTreeMap<(Vec<usize>, usize), Option<Arc<Lanes>>>,
+    by_cores: std::collections::BTreeMap<usize, Option<(Arc<PlanTable>, usize)>>,
 }
 
 pub struct ModelVersion {
@@ -181,44 +184,55 @@ impl ModelVersion {
         self.lanes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The lane plan for `k` lanes, from the live profile, for the table in force (cached
-    /// until the table changes); with `plan = "baseline"`, one instance over each lane's
-    /// cores (the fixed stream counts OpenVINO's THROUGHPUT hint and TorchServe workers run).
-    /// None: this version has no live profile (a fixed plan, or `adapt = false`), or `k`
-    /// does not split its cores evenly.
-    fn lane_plan(&self, k: usize) -> Option<Arc<Lanes>> {
+    /// The cores a share names, as this version's topology (None: every core).
+    fn share_topo(&self, share: Option<&Topology>) -> Option<Topology> {
+        share
+            .map(|t| self.topo.subset(&t.ordered()))
+            .filter(|t| t.len() < self.topo.len())
+    }
+
+    /// The lane plan for `k` lanes over `share` (None: every core), from the live profile, for
+    /// the table in force (cached until the table changes); with `plan = "baseline"`, one
+    /// instance over each lane's cores (the fixed stream counts OpenVINO's THROUGHPUT hint and
+    /// TorchServe workers run). None: this version has no live profile (a fixed plan, or
+    /// `adapt = false`), or `k` does not split the cores evenly.
+    fn lane_plan(&self, share: Option<&Topology>, k: usize) -> Option<Arc<Lanes>> {
+        let topo = self.share_topo(share).unwrap_or_else(|| self.topo.clone());
         let table = self.plans.table();
         let mut cache = self.lane_cache();
         if !cache.table.as_ref().is_some_and(|t| Arc::ptr_eq(t, &table)) {
             cache.table = Some(table);
             cache.sets.clear();
+            cache.by_cores.clear();
         }
-        if let Some(l) = cache.sets.get(&k) {
+        let key = (topo.ordered(), k);
+        if let Some(l) = cache.sets.get(&key) {
             return l.clone();
         }
         let baseline = (self.cfg.plan == PlanChoice::Baseline).then(|| {
-            self.topo.lanes(k).map(|parts| Lanes {
+            topo.lanes(k).map(|parts| Lanes {
                 k,
                 tables: parts
                     .iter()
                     .map(|t| PlanTable::baseline(t, self.cfg.max_batch))
                     .collect(),
+                cores: topo.ordered(),
             })
         });
         let built = match baseline {
             Some(lanes) => lanes.map(Arc::new),
-            None => self.lane_plan_from_profile(k),
+            None => self.lane_plan_from_profile(&topo, k),
         };
-        cache.sets.insert(k, built.clone());
+        cache.sets.insert(key, built.clone());
         built
     }
 
-    fn lane_plan_from_profile(&self, k: usize) -> Option<Arc<Lanes>> {
+    fn lane_plan_from_profile(&self, topo: &Topology, k: usize) -> Option<Arc<Lanes>> {
         self.adapter()
             .as_ref()
             .and_then(Adapter::curve_and_weights)
             .and_then(|(curve, w)| {
-                Lanes::build(&curve, &self.topo, k, self.cfg.max_batch, &w)
+                Lanes::build(&curve, topo, k, self.cfg.max_batch, &w)
                     .map_err(|e| log::debug!("model {}: no plan for {k} lanes: {e:#}", self.name()))
                     .ok()
                     .flatten()
@@ -226,13 +240,17 @@ impl ModelVersion {
             .map(Arc::new)
     }
 
-    /// `k` lanes ready to serve: planned, their instance sets warm. None for k = 1, when `k`
-    /// lanes cannot run here, and while their sets are started on a helper thread.
-    pub fn lanes(&self, k: usize) -> Option<Arc<Lanes>> {
-        if k <= 1 {
+    /// `k` lanes over `share` (None: every core) ready to serve: planned, their instance sets
+    /// warm. None for k = 1 over every core (the plan table serves), when `k` lanes cannot
+    /// run there, and while their sets are started on a helper thread — except one lane over
+    /// a share, which is what the model has to run on: it is returned cold if need be (its
+    /// sets start in front of the batch).
+    pub fn lanes(&self, share: Option<&Topology>, k: usize) -> Option<Arc<Lanes>> {
+        let share = self.share_topo(share);
+        if k <= 1 && share.is_none() {
             return None;
         }
-        let lanes = self.lane_plan(k)?;
+        let lanes = self.lane_plan(share.as_ref(), k)?;
         let pool = self.pool();
         let missing: Vec<Vec<InstanceSpec>> = lanes
             .layouts()
@@ -241,39 +259,142 @@ impl ModelVersion {
             .collect();
         if !missing.is_empty() {
             self.prepare_in_background(pool, missing, None);
-            return None;
+            if k > 1 || share.is_none() {
+                return None;
+            }
         }
         Some(lanes)
     }
 
-    /// The lane count to run now, and every count's predicted mean job latency: `setting`
-    /// fixes it (when it can run here), else [`crate::planner::serving::choose`] decides at
-    /// `rate` items/s, jobs of `per_job` items, keeping `current` unless another is clearly
-    /// better.
+    /// Whether one lane over `share` is warm; if not, has its sets started on a helper thread
+    /// (the joint partition moves a model to new cores only once it is).
+    pub fn share_ready(&self, share: &Topology) -> bool {
+        let Some(lanes) = self.lane_plan(self.share_topo(Some(share)).as_ref(), 1) else {
+            return true;
+        };
+        let pool = self.pool();
+        let missing: Vec<Vec<InstanceSpec>> = lanes
+            .layouts()
+            .into_iter()
+            .filter(|l| pool.warm(l).is_none())
+            .collect();
+        if missing.is_empty() {
+            return true;
+        }
+        self.prepare_in_background(pool, missing, None);
+        false
+    }
+
+    /// The live profile's curve, if this version has one.
+    fn live_curve(&self) -> Option<crate::planner::profile::Curve> {
+        self.adapter()
+            .as_ref()
+            .and_then(Adapter::curve_and_weights)
+            .map(|(c, _)| c)
+    }
+
+    /// The plan table on `c` cores (the first `c` of this version's, physical cores first)
+    /// and its measured batch, for predictions (cached until the table changes).
+    fn table_on(&self, c: usize) -> Option<(Arc<PlanTable>, usize)> {
+        let full = self.plans.table();
+        {
+            let cache = self.lane_cache();
+            if cache.table.as_ref().is_some_and(|t| Arc::ptr_eq(t, &full)) {
+                if let Some(t) = cache.by_cores.get(&c) {
+                    return t.clone();
+                }
+            }
+        }
+        let built = (|| {
+            let (curve, w) = self.adapter().as_ref()?.curve_and_weights()?;
+            let table = if c == self.topo.len() {
+                full.clone()
+            } else {
+                let topo = self.topo.subset(self.topo.ordered().get(..c)?);
+                Arc::new(
+                    crate::planner::menu::bounded(
+                        &curve,
+                        &topo,
+                        self.cfg.max_batch,
+                        &w,
+                        lanes::LANE_LAYOUTS,
+                    )
+                    .ok()?
+                    .0,
+                )
+            };
+            let measured = serving::measured_batch(&table, &curve);
+            Some((table, measured))
+        })();
+        let mut cache = self.lane_cache();
+        if !cache.table.as_ref().is_some_and(|t| Arc::ptr_eq(t, &full)) {
+            cache.table = Some(full);
+            cache.sets.clear();
+            cache.by_cores.clear();
+        }
+        cache.by_cores.insert(c, built.clone());
+        built
+    }
+
+    /// What this version predicts on `n` cores for n = 0..=its cores, at `load` items/s in
+    /// jobs of `per_job` items: the best of one batch over them and lanes on them (None
+    /// without a live profile: such a model keeps every core, outside the partition).
+    pub fn share_predictions(
+        &self,
+        load: f64,
+        per_job: f64,
+    ) -> Option<Vec<Option<serving::Prediction>>> {
+        self.live_curve()?;
+        let tables: Vec<Option<(Arc<PlanTable>, usize)>> =
+            (1..=self.topo.len()).map(|c| self.table_on(c)).collect();
+        let table = |c: usize| {
+            tables
+                .get(c.checked_sub(1)?)?
+                .as_ref()
+                .map(|(t, m)| (t.as_ref(), *m))
+        };
+        let scale = self.correction();
+        Some(
+            (0..=self.topo.len())
+                .map(|n| crate::planner::partition::best_on(n, &table, scale, load, per_job))
+                .collect(),
+        )
+    }
+
+    /// The lane count to run now over `share` (None: every core), and every count's predicted
+    /// mean job latency: `setting` fixes it (when it can run here), else
+    /// [`crate::planner::serving::choose`] decides at `rate` items/s, jobs of `per_job`
+    /// items, keeping `current` unless another is clearly better.
     pub fn choose_lanes(
         &self,
+        share: Option<&Topology>,
         setting: Option<usize>,
         rate: f64,
         per_job: f64,
         current: usize,
     ) -> (usize, Vec<(usize, f64)>) {
-        let cores = self.topo.len();
+        let share = self.share_topo(share);
+        let cores = share.as_ref().map_or(self.topo.len(), Topology::len);
         if let Some(n) = setting {
             let k = serving::lane_counts(cores, n).last().copied().unwrap_or(1);
             return (k, Vec::new());
         }
-        let full = self.plans.table();
+        let full = match &share {
+            None => Some(self.plans.table()),
+            Some(_) => self
+                .lane_plan(share.as_ref(), 1)
+                .and_then(|l| l.tables.first().cloned().map(Arc::new)),
+        };
+        let Some(full) = full else {
+            return (1, Vec::new());
+        };
         let sets: Vec<(usize, Arc<Lanes>)> = serving::lane_counts(cores, cores)
             .into_iter()
             .filter(|&k| k > 1)
-            .filter_map(|k| self.lane_plan(k).map(|l| (k, l)))
+            .filter_map(|k| self.lane_plan(share.as_ref(), k).map(|l| (k, l)))
             .collect();
         // Capacity counts only batches the live profile measured (see serving::Choice).
-        let curve = self
-            .adapter()
-            .as_ref()
-            .and_then(Adapter::curve_and_weights)
-            .map(|(c, _)| c);
+        let curve = self.live_curve();
         let measured = |t: &PlanTable| {
             curve
                 .as_ref()
@@ -664,9 +785,13 @@ impl ModelVersion {
     }
 
     /// Called while no job waits: does one piece of background work — an idle-gap measurement
-    /// that fits the delay bound. Returns false when there is nothing to do now.
-    pub fn idle_step(&self, queue: &JobQueue, busy: &Busy) -> bool {
+    /// that fits the delay bound (only when `may_probe`: such a measurement takes every core,
+    /// which other models may be using). Returns false when there is nothing to do now.
+    pub fn idle_step(&self, queue: &JobQueue, busy: &Busy, may_probe: bool) -> bool {
         self.between_batches();
+        if !may_probe {
+            return false;
+        }
         let probe = {
             let mut guard = self.adapter();
             let Some(a) = guard.as_mut() else {
@@ -730,12 +855,15 @@ impl ModelVersion {
         self.pool().infos()
     }
 
-    /// The warm instances of each lane of `k` (empty when those lanes are not planned).
-    pub fn lane_instances(&self, k: usize) -> Vec<Vec<InstanceInfo>> {
-        if k <= 1 {
+    /// The warm instances of each lane of `k` over `share` (None: every core; empty when
+    /// those lanes are not planned, and for one batch over every core).
+    pub fn lane_instances(&self, share: Option<&Topology>, k: usize) -> Vec<Vec<InstanceInfo>> {
+        let share = self.share_topo(share);
+        if k <= 1 && share.is_none() {
             return Vec::new();
         }
-        let Some(lanes) = self.lane_cache().sets.get(&k).cloned().flatten() else {
+        let key = (share.unwrap_or_else(|| self.topo.clone()).ordered(), k);
+        let Some(lanes) = self.lane_cache().sets.get(&key).cloned().flatten() else {
             return Vec::new();
         };
         let pool = self.pool();

@@ -8,6 +8,8 @@
 //! - [`menu`]: the table restricted to a bounded menu of layouts the agent keeps warm;
 //! - [`live`]: the live profile, kept true from serving and idle-gap measurements;
 //! - [`serving`]: how many independent batches to run at once (lanes) at a given load;
+//! - [`partition`]: the cores each of several models gets, from their loads (the knapsack one
+//!   level up);
 //! - [`topology`]: usable cores, NUMA nodes, SMT siblings, and core assignment;
 //! - [`cpu`]: the CPU's model and the instruction sets that matter for inference (bf16, AMX);
 //! - [`stats`]: the median and percentile estimators the profiler and the agent share;
@@ -17,6 +19,7 @@ pub mod cpu;
 pub mod dp;
 pub mod live;
 pub mod menu;
+pub mod partition;
 pub mod profile;
 pub mod serving;
 pub mod stats;

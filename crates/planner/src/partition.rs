@@ -1,0 +1,335 @@
+//! Cores for several models at once: the Packrat knapsack one level up.
+//!
+//! Each model (a [`Member`]) says what it would predict on `n` cores for `n = 0..=N`, at its
+//! current load — the best of one batch split over the `n` cores and several lanes on them
+//! ([`best_on`], the queueing model of [`crate::serving`]). [`solve`] gives each model a core
+//! count so that the weighted sum of predicted job latencies over every job arriving is
+//! least: a dynamic program over models × cores, exact for this objective. A model with no
+//! work gets no cores (the others use them: the split is work-conserving); a model with work
+//! gets at least its `min_cores`. A model that cannot keep up on any count it could get costs
+//! more the less capacity it gets, above any model that keeps up, so under overload cores go
+//! where they add the most capacity, the others keeping their minimum. [`place`] turns the
+//! counts into contiguous runs of cores, model after model in config order.
+
+use crate::serving::{predict, Choice, Prediction};
+use crate::PlanTable;
+
+/// Cost per job of a model that cannot keep up, per unit of load over capacity (ms): above
+/// any latency a model that keeps up is predicted.
+const OVERLOAD_MS: f64 = 1e7;
+
+/// One model, as the split sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub weight: f64,
+    pub min_cores: usize,
+    /// It has work (jobs arrived lately, or wait): without, it gets no cores.
+    pub busy: bool,
+    /// Jobs per second it is offered (the backlog counted as if it came within a second).
+    pub jobs_per_s: f64,
+    /// Items per second it is offered.
+    pub load: f64,
+    /// What it predicts on `n` cores, for n = 0..=cores (index 0: none; None: it cannot run
+    /// on that many).
+    pub on: Vec<Option<Prediction>>,
+}
+
+impl Member {
+    /// Its weighted share of the objective on `n` cores (infinite: not allowed).
+    pub fn cost(&self, n: usize) -> f64 {
+        if !self.busy {
+            return 0.0;
+        }
+        if n < self.min_cores.max(1) {
+            return f64::INFINITY;
+        }
+        let Some(Some(p)) = self.on.get(n) else {
+            return f64::INFINITY;
+        };
+        let w = self.weight.max(0.0) * self.jobs_per_s.max(1e-3);
+        if p.latency_ms.is_finite() {
+            w * p.latency_ms
+        } else if p.capacity > 0.0 {
+            w * OVERLOAD_MS * (self.load / p.capacity).max(1.0)
+        } else {
+            f64::INFINITY
+        }
+    }
+
+    /// The predicted mean job latency on `n` cores, in ms (None: no work, or cannot keep up).
+    pub fn latency_ms(&self, n: usize) -> Option<f64> {
+        let p = self.on.get(n)?.as_ref()?;
+        (self.busy && p.latency_ms.is_finite()).then_some(p.latency_ms)
+    }
+}
+
+/// A split: cores per member (in the members' order) and its cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Split {
+    pub cores: Vec<usize>,
+    pub cost: f64,
+}
+
+/// The total cost of giving `counts` cores to `members`.
+pub fn cost_of(members: &[Member], counts: &[usize]) -> f64 {
+    members.iter().zip(counts).map(|(m, &n)| m.cost(n)).sum()
+}
+
+/// The split of `cores` cores among `members` with the least cost; None when the busy
+/// members cannot each get their minimum (not even one core each).
+pub fn solve(members: &[Member], cores: usize) -> Option<Split> {
+    let need: usize = members
+        .iter()
+        .filter(|m| m.busy)
+        .map(|m| m.min_cores.max(1))
+        .sum();
+    if need > cores {
+        // The minimums do not fit: one core each, if that does.
+        let relaxed: Vec<Member> = members
+            .iter()
+            .map(|m| Member {
+                min_cores: 1,
+                ..m.clone()
+            })
+            .collect();
+        let busy = members.iter().filter(|m| m.busy).count();
+        return (busy <= cores && need > busy)
+            .then(|| solve(&relaxed, cores))
+            .flatten();
+    }
+    // best[c]: (least cost, counts) for the members so far on exactly c cores.
+    let mut best: Vec<Option<(f64, Vec<usize>)>> = vec![None; cores + 1];
+    best[0] = Some((0.0, Vec::new()));
+    for m in members {
+        let mut next: Vec<Option<(f64, Vec<usize>)>> = vec![None; cores + 1];
+        for (used, prev) in best.iter().enumerate() {
+            let Some((c0, counts)) = prev else { continue };
+            // An idle member takes none: its cores are the busy ones'.
+            let max_n = if m.busy { cores - used } else { 0 };
+            for n in 0..=max_n {
+                let c = c0 + m.cost(n);
+                if !c.is_finite() {
+                    continue;
+                }
+                let slot = &mut next[used + n];
+                if slot.as_ref().is_none_or(|(s, _)| c < *s - 1e-9 * s.abs()) {
+                    let mut v = counts.clone();
+                    v.push(n);
+                    *slot = Some((c, v));
+                }
+            }
+        }
+        best = next;
+    }
+    // The least cost; among equal ones the most cores used (idle cores help no one).
+    best.into_iter()
+        .flatten()
+        .rev()
+        .reduce(|a, b| if b.0 < a.0 - 1e-9 * a.0.abs() { b } else { a })
+        .map(|(cost, cores)| Split { cores, cost })
+}
+
+/// A static split for comparison: `cores` in equal parts, one per member (the first ones get
+/// the remainder), whatever the load.
+pub fn equal(members: usize, cores: usize) -> Vec<usize> {
+    if members == 0 {
+        return Vec::new();
+    }
+    (0..members)
+        .map(|i| cores / members + usize::from(i < cores % members))
+        .collect()
+}
+
+/// The cores each member gets: contiguous runs of `ordered` (physical cores first), in the
+/// members' order.
+pub fn place(counts: &[usize], ordered: &[usize]) -> Vec<Vec<usize>> {
+    let mut at = 0;
+    counts
+        .iter()
+        .map(|&n| {
+            let end = (at + n).min(ordered.len());
+            let run = ordered[at..end].to_vec();
+            at = end;
+            run
+        })
+        .collect()
+}
+
+/// The best prediction on `n` cores: one batch over all of them, or `k` lanes of `n/k`
+/// cores, whichever predicts the least latency (else the most capacity). `table(c)` is the
+/// plan table on `c` cores with its measured batch (see [`crate::serving::Choice`]), every
+/// predicted batch latency scaled by `scale`.
+pub fn best_on<'a>(
+    n: usize,
+    table: &dyn Fn(usize) -> Option<(&'a PlanTable, usize)>,
+    scale: f64,
+    load: f64,
+    per_job: f64,
+) -> Option<Prediction> {
+    (1..=n)
+        .filter(|k| n.is_multiple_of(*k))
+        .filter_map(|k| {
+            let (t, measured) = table(n / k)?;
+            let f = |b: usize| {
+                t.for_batch(b)
+                    .predicted_latency_ms
+                    .map_or(f64::INFINITY, |ms| ms * scale)
+            };
+            let c = Choice {
+                lanes: k,
+                batch_ms: &f,
+                measured,
+            };
+            Some(predict(&c, load, per_job, t.max_batch()))
+        })
+        .reduce(|a, b| {
+            let better = match (a.latency_ms.is_finite(), b.latency_ms.is_finite()) {
+                (true, true) => b.latency_ms < a.latency_ms,
+                (false, false) => b.capacity > a.capacity,
+                (af, _) => !af,
+            };
+            if better {
+                b
+            } else {
+                a
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model on n cores serving `per_core` items/s per core, `base` ms per batch at best.
+    fn member(busy: bool, jobs: f64, cores: usize, base: f64, per_core: f64) -> Member {
+        Member {
+            weight: 1.0,
+            min_cores: 1,
+            busy,
+            jobs_per_s: jobs,
+            load: jobs,
+            on: (0..=cores)
+                .map(|n| {
+                    (n > 0).then(|| {
+                        let capacity = per_core * n as f64;
+                        let rho = jobs / capacity;
+                        Prediction {
+                            lanes: 1,
+                            batch: Some(1),
+                            latency_ms: if rho < 1.0 {
+                                base / n as f64 + 100.0 * rho / (1.0 - rho)
+                            } else {
+                                f64::INFINITY
+                            },
+                            capacity,
+                        }
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn an_idle_model_lends_every_core_to_the_busy_one() {
+        let m = [
+            member(true, 10.0, 8, 80.0, 10.0),
+            member(false, 0.0, 8, 80.0, 10.0),
+        ];
+        assert_eq!(solve(&m, 8).unwrap().cores, [8, 0]);
+    }
+
+    #[test]
+    fn cores_follow_the_load_and_every_busy_model_keeps_its_minimum() {
+        let heavy = member(true, 50.0, 8, 80.0, 10.0);
+        let light = member(true, 5.0, 8, 80.0, 10.0);
+        let s = solve(&[heavy.clone(), light.clone()], 8).unwrap();
+        assert!(s.cores[0] > s.cores[1] && s.cores[1] >= 1, "{s:?}");
+        assert_eq!(s.cores.iter().sum::<usize>(), 8);
+        // Swapped loads swap the split.
+        let t = solve(&[light.clone(), heavy.clone()], 8).unwrap();
+        assert_eq!(t.cores, [s.cores[1], s.cores[0]]);
+        // A flood takes all but the other's min_cores, never below it.
+        let flood = member(true, 1000.0, 8, 80.0, 10.0);
+        let kept = Member {
+            min_cores: 3,
+            ..light.clone()
+        };
+        assert_eq!(solve(&[flood.clone(), kept], 8).unwrap().cores, [5, 3]);
+        assert_eq!(solve(&[flood, light], 8).unwrap().cores, [7, 1]);
+    }
+
+    #[test]
+    fn the_split_is_the_least_cost_of_all_splits() {
+        let m = [
+            member(true, 30.0, 6, 60.0, 10.0),
+            member(true, 12.0, 6, 120.0, 8.0),
+            member(true, 3.0, 6, 30.0, 20.0),
+        ];
+        let s = solve(&m, 6).unwrap();
+        let mut least = f64::INFINITY;
+        for a in 0..=6 {
+            for b in 0..=6 - a {
+                for c in 0..=6 - a - b {
+                    least = least.min(cost_of(&m, &[a, b, c]));
+                }
+            }
+        }
+        assert!((s.cost - least).abs() < 1e-9 * least, "{s:?} vs {least}");
+        assert!((cost_of(&m, &s.cores) - s.cost).abs() < 1e-9 * least);
+    }
+
+    #[test]
+    fn minimums_that_do_not_fit_fall_back_to_one_core_and_too_many_models_to_none() {
+        let mut a = member(true, 5.0, 2, 10.0, 10.0);
+        a.min_cores = 2;
+        let b = Member {
+            min_cores: 2,
+            ..a.clone()
+        };
+        assert_eq!(solve(&[a.clone(), b.clone()], 2).unwrap().cores, [1, 1]);
+        assert!(solve(&[a.clone(), b, a], 2).is_none());
+    }
+
+    #[test]
+    fn runs_are_contiguous_in_order_and_equal_splits_share_the_remainder() {
+        assert_eq!(
+            place(&[2, 0, 3], &[4, 5, 6, 7, 8]),
+            [vec![4, 5], vec![], vec![6, 7, 8]]
+        );
+        assert_eq!(equal(3, 16), [6, 5, 5]);
+        assert!(equal(0, 4).is_empty());
+    }
+
+    #[test]
+    fn on_n_cores_the_best_of_one_batch_and_lanes_is_taken() {
+        use crate::profile::{Curve, Point};
+        use crate::topology::Topology;
+        // 1 thread: 10 ms + 10/item; 2 threads: 8 ms + 6/item (less than twice as fast).
+        let pts: Vec<Point> = [1usize, 2, 4, 8]
+            .iter()
+            .flat_map(|&b| {
+                [
+                    Point::new(1, b, 10.0 + 10.0 * b as f64),
+                    Point::new(2, b, 8.0 + 6.0 * b as f64),
+                ]
+            })
+            .collect();
+        let curve = Curve::from_points(&pts).unwrap();
+        let t1 = PlanTable::from_curve(&curve, &Topology::flat(1), 8).unwrap();
+        let t2 = PlanTable::from_curve(&curve, &Topology::flat(2), 8).unwrap();
+        let table = |c: usize| match c {
+            1 => Some((&t1, 8)),
+            2 => Some((&t2, 8)),
+            _ => None,
+        };
+        // At low load one job over both cores; near their capacity two lanes.
+        let low = best_on(2, &table, 1.0, 1.0, 1.0).unwrap();
+        assert_eq!(low.lanes, 1, "{low:?}");
+        let high = best_on(2, &table, 1.0, 140.0, 1.0).unwrap();
+        assert_eq!(high.lanes, 2, "{high:?}");
+        // 3 cores: only three 1-core lanes are planned; without 1-core plans, nothing.
+        assert_eq!(best_on(3, &table, 1.0, 1.0, 1.0).unwrap().lanes, 3);
+        let two_only = |c: usize| (c == 2).then_some((&t2, 8));
+        assert!(best_on(3, &two_only, 1.0, 1.0, 1.0).is_none());
+    }
+}
