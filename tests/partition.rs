@@ -15,13 +15,6 @@ use nix::sys::signal::Signal;
 use packrat::spool::client::{self, Outcome};
 use tch::{Kind, Tensor};
 
-/// These tests keep the agent's helper threads busy with timing: one at a time.
-static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn alone() -> std::sync::MutexGuard<'static, ()> {
-    ALONE.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn vendored(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("crates/planner/tests/data")

@@ -184,6 +184,17 @@ impl ModelVersion {
         self.lanes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The lane cache for `table`: emptied first when it was for another.
+    fn lane_cache_for(&self, table: &Arc<PlanTable>) -> MutexGuard<'_, LaneCache> {
+        let mut cache = self.lane_cache();
+        if !cache.table.as_ref().is_some_and(|t| Arc::ptr_eq(t, table)) {
+            cache.table = Some(table.clone());
+            cache.sets.clear();
+            cache.by_cores.clear();
+        }
+        cache
+    }
+
     /// The cores a share names, as this version's topology (None: every core).
     fn share_topo(&self, share: Option<&Topology>) -> Option<Topology> {
         share
@@ -198,13 +209,7 @@ impl ModelVersion {
     /// `adapt = false`), or `k` does not split the cores evenly.
     fn lane_plan(&self, share: Option<&Topology>, k: usize) -> Option<Arc<Lanes>> {
         let topo = self.share_topo(share).unwrap_or_else(|| self.topo.clone());
-        let table = self.plans.table();
-        let mut cache = self.lane_cache();
-        if !cache.table.as_ref().is_some_and(|t| Arc::ptr_eq(t, &table)) {
-            cache.table = Some(table);
-            cache.sets.clear();
-            cache.by_cores.clear();
-        }
+        let mut cache = self.lane_cache_for(&self.plans.table());
         let key = (topo.ordered(), k);
         if let Some(l) = cache.sets.get(&key) {
             return l.clone();
@@ -251,27 +256,15 @@ impl ModelVersion {
             return None;
         }
         let lanes = self.lane_plan(share.as_ref(), k)?;
-        let pool = self.pool();
-        let missing: Vec<Vec<InstanceSpec>> = lanes
-            .layouts()
-            .into_iter()
-            .filter(|l| pool.warm(l).is_none())
-            .collect();
-        if !missing.is_empty() {
-            self.prepare_in_background(pool, missing, None);
-            if k > 1 || share.is_none() {
-                return None;
-            }
+        if !self.warm_or_prepare(&lanes) && (k > 1 || share.is_none()) {
+            return None;
         }
         Some(lanes)
     }
 
-    /// Whether one lane over `share` is warm; if not, has its sets started on a helper thread
-    /// (the joint partition moves a model to new cores only once it is).
-    pub fn share_ready(&self, share: &Topology) -> bool {
-        let Some(lanes) = self.lane_plan(self.share_topo(Some(share)).as_ref(), 1) else {
-            return true;
-        };
+    /// Whether every instance set of `lanes` is warm; if not, has the missing ones started on
+    /// a helper thread.
+    fn warm_or_prepare(&self, lanes: &Lanes) -> bool {
         let pool = self.pool();
         let missing: Vec<Vec<InstanceSpec>> = lanes
             .layouts()
@@ -283,6 +276,13 @@ impl ModelVersion {
         }
         self.prepare_in_background(pool, missing, None);
         false
+    }
+
+    /// Whether one lane over `share` is warm; if not, has its sets started on a helper thread
+    /// (the joint partition moves a model to new cores only once it is).
+    pub fn share_ready(&self, share: &Topology) -> bool {
+        self.lane_plan(self.share_topo(Some(share)).as_ref(), 1)
+            .is_none_or(|lanes| self.warm_or_prepare(&lanes))
     }
 
     /// The live profile's curve, if this version has one.
@@ -297,13 +297,8 @@ impl ModelVersion {
     /// and its measured batch, for predictions (cached until the table changes).
     fn table_on(&self, c: usize) -> Option<(Arc<PlanTable>, usize)> {
         let full = self.plans.table();
-        {
-            let cache = self.lane_cache();
-            if cache.table.as_ref().is_some_and(|t| Arc::ptr_eq(t, &full)) {
-                if let Some(t) = cache.by_cores.get(&c) {
-                    return t.clone();
-                }
-            }
+        if let Some(t) = self.lane_cache_for(&full).by_cores.get(&c) {
+            return t.clone();
         }
         let built = (|| {
             let (curve, w) = self.adapter().as_ref()?.curve_and_weights()?;
@@ -326,13 +321,7 @@ impl ModelVersion {
             let measured = serving::measured_batch(&table, &curve);
             Some((table, measured))
         })();
-        let mut cache = self.lane_cache();
-        if !cache.table.as_ref().is_some_and(|t| Arc::ptr_eq(t, &full)) {
-            cache.table = Some(full);
-            cache.sets.clear();
-            cache.by_cores.clear();
-        }
-        cache.by_cores.insert(c, built.clone());
+        self.lane_cache_for(&full).by_cores.insert(c, built.clone());
         built
     }
 

@@ -44,6 +44,14 @@ pub fn config_on_spool(dir: &Path, spool: &Path, top: &str, source: &str, extra:
     )
 }
 
+/// Tests that keep the agent's helper threads busy with timing run one at a time (within a
+/// test binary) while they hold this.
+static ALONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ALONE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The CPUs this test process may run on (the agent inherits them).
 pub fn allowed_cpus() -> Vec<usize> {
     packrat::planner::topology::allowed_cpus().unwrap()
