@@ -197,3 +197,88 @@ fn plan_for_a_queue_splits_one_batch_at_low_load_and_runs_lanes_near_saturation(
     assert_eq!(high[0].1, "inf", "one lane cannot keep up: {high:?}");
     assert!(picked(&high) > 1, "{high:?}");
 }
+
+/// `plan` with two profiles and rates: (the layout line, each model's (cores, predicted)).
+fn joint_plan(cores: usize, rates: [f64; 2]) -> (String, Vec<(String, String)>) {
+    let (a, b) = (
+        profile("resnet_cloudlab16.json"),
+        profile("inception_cloudlab16.json"),
+    );
+    let cores = cores.to_string();
+    let (ra, rb) = (rates[0].to_string(), rates[1].to_string());
+    let out = packrat(&[
+        "plan",
+        "--cores",
+        &cores,
+        "--batch",
+        "8",
+        "--profile",
+        a.to_str().unwrap(),
+        "--rate",
+        &ra,
+        "--profile",
+        b.to_str().unwrap(),
+        "--rate",
+        &rb,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let rows = lines[4..]
+        .iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[2].to_string(), f[f.len() - 1].to_string())
+        })
+        .collect();
+    (lines[2].to_string(), rows)
+}
+
+#[test]
+fn plan_with_several_profiles_prints_the_joint_split_of_the_cores() {
+    // 16 cores, ResNet-50 far busier than Inception: disjoint runs, ResNet's the longer.
+    let (how, rows) = joint_plan(16, [60.0, 3.0]);
+    assert_eq!(how, "packrat: a split by load");
+    let run = |c: &str| -> Vec<usize> { packrat::planner::topology::parse_cpu_list(c).unwrap() };
+    let (a, b) = (run(&rows[0].0), run(&rows[1].0));
+    assert!(
+        a.len() > b.len() && !b.is_empty() && a.len() + b.len() == 16,
+        "{rows:?}"
+    );
+    assert!(a.iter().all(|c| !b.contains(c)), "{rows:?}");
+    // A model without work gets no cores.
+    let (_, idle) = joint_plan(16, [60.0, 0.0]);
+    assert_eq!(idle[1].0, "none", "{idle:?}");
+    // Two cores, ResNet at more than one core serves: both share every core.
+    let (how, rows) = joint_plan(2, [26.0, 2.0]);
+    assert_eq!(
+        how, "packrat: every model on every core, sharing them",
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r.0 == "0-1" && r.1.parse::<f64>().is_ok()),
+        "{rows:?}"
+    );
+    // One rate per profile.
+    let p = profile("resnet_cloudlab16.json");
+    let out = packrat(&[
+        "plan",
+        "--cores",
+        "4",
+        "--batch",
+        "8",
+        "--profile",
+        p.to_str().unwrap(),
+        "--profile",
+        p.to_str().unwrap(),
+        "--rate",
+        "3",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("one --rate (jobs/s) per --profile"));
+}

@@ -411,3 +411,72 @@ fn two_busy_models_instances_are_pinned_to_disjoint_cores_of_this_host() {
         );
     }
 }
+
+#[test]
+fn where_no_split_keeps_a_model_up_both_share_every_core_and_split_again_after() {
+    let _alone = alone();
+    // The authors' ResNet-50 profile cut to 2 virtual cores: a split gives each model one
+    // core (about 18 jobs/s of 1 item), sharing both about 36 for either.
+    let dir = tempfile::tempdir().unwrap();
+    let mut pf: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(vendored("resnet_cloudlab16.json")).unwrap())
+            .unwrap();
+    pf["cores"] = 2.into();
+    let points: Vec<serde_json::Value> = pf["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["threads"].as_u64() <= Some(2) && p["batch"].as_u64() <= Some(16))
+        .cloned()
+        .collect();
+    pf["points"] = points.into();
+    let two = dir.path().join("resnet_2cores.json");
+    std::fs::write(&two, pf.to_string()).unwrap();
+    let two = two.display().to_string();
+    let common = "engine = \"replay\"\nprofile_budget_s = 30\n";
+    let agent = two_models("", &two, common, &two, common);
+    let (m, n) = (agent.spool.join("m"), agent.spool.join("n"));
+    let mut rng = Rng(0x5151_7a7a_0101_fefe);
+    let mut jobs = Vec::new();
+    // m at 26 jobs/s needs more than its one core: both run on every core.
+    let mut shared = 0;
+    load(
+        &agent,
+        &[(&m, 26.0), (&n, 4.0)],
+        12.0,
+        1,
+        &mut jobs,
+        &mut rng,
+        |st| {
+            let both_busy =
+                (0..2).all(|i| st["models"][i]["share"]["arrival_rate"].as_f64() > Some(0.0));
+            if both_busy && cores_of(st, 0).is_none() && cores_of(st, 1).is_none() {
+                shared += 1;
+            }
+        },
+    );
+    assert!(
+        shared > 0 && agent.log().contains("sharing every core"),
+        "never shared every core:\n{}",
+        agent.log()
+    );
+    // Both light: one core each serves them, and disjoint cores come back.
+    let mut split = 0;
+    load(
+        &agent,
+        &[(&m, 4.0), (&n, 4.0)],
+        10.0,
+        1,
+        &mut jobs,
+        &mut rng,
+        |st| {
+            if let (Some(a), Some(b)) = (cores_of(st, 0), cores_of(st, 1)) {
+                if a.len() == 1 && b.len() == 1 && a != b {
+                    split += 1;
+                }
+            }
+        },
+    );
+    assert!(split > 0, "never split again:\n{}", agent.log());
+    account(&agent, &jobs);
+}

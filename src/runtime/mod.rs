@@ -208,7 +208,7 @@ impl ModelRuntime {
         let per_job = self.stats().items_per_job();
         let jobs_per_s = self.arrival_rate() + backlog as f64;
         let load = jobs_per_s * per_job;
-        let on = v.share_predictions(load, per_job)?;
+        let predicted = v.share_predictions(load, per_job)?;
         let cfg = self.settings();
         Some(Demand {
             // Arrivals count for a few seconds after the last: it keeps its cores a while.
@@ -216,7 +216,8 @@ impl ModelRuntime {
             waiting: backlog > 0,
             jobs_per_s,
             load,
-            on,
+            on: predicted.on,
+            shared: predicted.shared,
             weight: cfg.weight,
             min_cores: cfg.min_cores.unwrap_or(1),
         })

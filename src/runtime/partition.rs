@@ -46,6 +46,8 @@ pub struct Demand {
     pub load: f64,
     /// Its prediction on n = 0..=cores cores.
     pub on: Vec<Option<Prediction>>,
+    /// Its prediction on every core shared (see [`Member::shared`]).
+    pub shared: Vec<Option<Prediction>>,
     pub weight: f64,
     pub min_cores: usize,
 }
@@ -59,6 +61,7 @@ impl Demand {
             jobs_per_s: self.jobs_per_s,
             load: self.load,
             on: self.on.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -98,7 +101,7 @@ type Placed = Vec<(String, Option<Vec<usize>>)>;
 pub struct Partitioner {
     in_force: Placed,
     pending: Option<(Placed, String)>,
-    candidate: Option<(Vec<usize>, u32)>,
+    candidate: Option<(Option<Vec<usize>>, u32)>,
     pub status: PartitionStatus,
 }
 
@@ -142,34 +145,35 @@ impl Partitioner {
             m.set_share_status(ShareStatus::default());
         }
         let names: Vec<String> = members.iter().map(|(m, _)| m.name.clone()).collect();
-        let wanted: Option<(Vec<usize>, String)> =
+        let (wanted, why): (Option<Vec<usize>>, String) =
             if mode == Partition::Overlap || members.len() < 2 {
-                None
+                (None, "every model on every core".into())
             } else if mode == Partition::Equal {
-                Some((
-                    partition::equal(members.len(), cores.len()),
-                    "equal parts".into(),
-                ))
+                let counts = partition::equal(members.len(), cores.len());
+                (Some(counts), "equal parts".into())
             } else {
                 self.joint(&members, cores.len(), &names, urgent)
             };
         let placed: Placed = match &wanted {
             None => names.iter().map(|n| (n.clone(), None)).collect(),
-            Some((counts, _)) => names
+            Some(counts) => names
                 .iter()
                 .zip(partition::place(counts, &cores))
                 .map(|(n, c)| (n.clone(), Some(c).filter(|c| c.len() < cores.len())))
                 .collect(),
         };
         if placed != self.in_force {
-            let why =
-                wanted.map_or_else(|| "every model on every core".to_string(), |(_, why)| why);
             self.pending = Some((placed, why));
         } else {
             self.pending = None;
         }
         self.apply(&members, &topo);
-        for (m, d) in &members {
+        // Every model on every core: each one's prediction is with the others' load on them.
+        let ms: Vec<Member> = members.iter().map(|(_, d)| d.member()).collect();
+        let sharing = (members.len() >= 2 && self.in_force.iter().all(|(_, c)| c.is_none()))
+            .then(|| partition::overlap(&ms, topo.len()))
+            .flatten();
+        for (i, (m, d)) in members.iter().enumerate() {
             let cores = self
                 .in_force
                 .iter()
@@ -184,50 +188,72 @@ impl Partitioner {
                 },
                 cores,
                 arrival_rate: d.jobs_per_s,
-                predicted_ms: d.member().latency_ms(n),
+                predicted_ms: match &sharing {
+                    Some(on) => on
+                        .get(i)
+                        .and_then(Option::as_ref)
+                        .map(|p| p.latency_ms)
+                        .filter(|l| l.is_finite()),
+                    None => ms[i].latency_ms(n),
+                },
                 weight: d.weight,
                 min_cores: d.min_cores,
             });
         }
     }
 
-    /// The joint split to run now (None: every model on every core): the solved one when it
-    /// is clearly better than the one in force, or a busy model has no cores.
+    /// The layout to run now: a split (core counts), or None for every model on every core.
+    /// The solved split or sharing, whichever predicts less, when it is clearly better than
+    /// the layout in force, or a busy model has no cores; with why (empty: no change).
     fn joint(
         &mut self,
         members: &[(&Arc<ModelRuntime>, Demand)],
         cores: usize,
         names: &[String],
         urgent: bool,
-    ) -> Option<(Vec<usize>, String)> {
+    ) -> (Option<Vec<usize>>, String) {
         let ms: Vec<Member> = members.iter().map(|(_, d)| d.member()).collect();
-        // The counts in force, if the same models are split now.
-        let current: Option<Vec<usize>> = (self.in_force.len() == names.len()
-            && self.in_force.iter().zip(names).all(|((a, _), b)| a == b)
-            && self.in_force.iter().any(|(_, c)| c.is_some()))
+        // The layout in force, if the same models are placed now (None inside: sharing).
+        let current: Option<Option<Vec<usize>>> = (self.in_force.len() == names.len()
+            && self.in_force.iter().zip(names).all(|((a, _), b)| a == b))
         .then(|| {
-            self.in_force
-                .iter()
-                .map(|(_, c)| c.as_ref().map_or(cores, Vec::len))
-                .collect()
+            self.in_force.iter().any(|(_, c)| c.is_some()).then(|| {
+                self.in_force
+                    .iter()
+                    .map(|(_, c)| c.as_ref().map_or(cores, Vec::len))
+                    .collect()
+            })
         });
         if !ms.iter().any(|m| m.busy) {
-            // Nobody works: the split stays until somebody does (a model without cores that
+            // Nobody works: the layout stays until somebody does (a model without cores that
             // gets jobs is given some at once).
             self.candidate = None;
-            return current.map(|c| (c, String::new()));
+            return (current.flatten(), String::new());
         }
-        let Some(best) = partition::solve(&ms, cores) else {
-            log::debug!("partition: more busy models than cores; they overlap");
-            self.candidate = None;
-            return None;
+        let shared = partition::overlap_cost(&ms, cores);
+        let cost = |l: &Option<Vec<usize>>| match l {
+            Some(c) => partition::cost_of(&ms, c),
+            None => shared.unwrap_or(f64::INFINITY),
+        };
+        let best: Option<Vec<usize>> = match partition::choose(&ms, cores) {
+            Some(partition::Layout::Split(s)) => Some(s.cores),
+            // A split leaves a busy model unable to keep up, and sharing predicts less; or
+            // more busy models than cores.
+            _ => None,
         };
         let per_job: f64 = ms
             .iter()
             .filter(|m| m.busy)
             .map(|m| m.weight * m.jobs_per_s.max(1e-3))
             .sum();
-        let mean = |cost: f64| cost / per_job.max(1e-9);
+        let fmt = |c: f64| {
+            let ms = c / per_job.max(1e-9);
+            if ms.is_finite() && ms < 1e6 {
+                format!("{ms:.1} ms")
+            } else {
+                "overloaded".into()
+            }
+        };
         let load = members
             .iter()
             .filter(|(_, d)| d.busy)
@@ -236,60 +262,62 @@ impl Partitioner {
             .join(", ");
         let Some(current) = current else {
             self.candidate = None;
-            return Some((
-                best.cores,
-                format!(
-                    "load: {load}; predicted {:.1} ms per job (weighted)",
-                    mean(best.cost)
-                ),
-            ));
+            let why = format!(
+                "load: {load}; predicted {} per job (weighted)",
+                fmt(cost(&best))
+            );
+            return (best, why);
         };
-        if current == best.cores {
+        if current == best {
             self.candidate = None;
-            return Some((current, String::new()));
+            return (current, String::new());
         }
-        let now = partition::cost_of(&ms, &current);
-        let starved = ms
-            .iter()
-            .zip(&current)
-            .any(|(m, &n)| m.busy && n < m.min_cores.max(1));
-        let better = best.cost < now * (1.0 - HYSTERESIS);
+        let now = cost(&current);
+        let starved = current.as_ref().is_some_and(|c| {
+            ms.iter()
+                .zip(c)
+                .any(|(m, &n)| m.busy && n < m.min_cores.max(1))
+        });
+        // Back from sharing to a split that serves every busy model: disjoint cores are
+        // preferred wherever they serve (see `partition::choose`), whatever sharing predicts.
+        let serves = best.as_ref().is_some_and(|c| {
+            ms.iter()
+                .zip(c)
+                .all(|(m, &n)| !m.busy || m.latency_ms(n).is_some())
+        });
+        let better = (current.is_none() && serves) || cost(&best) < now * (1.0 - HYSTERESIS);
         let confirmed = match &mut self.candidate {
-            Some((c, n)) if *c == best.cores => {
+            Some((c, n)) if *c == best => {
                 *n += 1;
                 *n >= CONFIRM
             }
             _ => {
-                self.candidate = Some((best.cores.clone(), 1));
+                self.candidate = Some((best.clone(), 1));
                 CONFIRM <= 1
             }
         };
         if starved || urgent || (better && confirmed) {
             self.candidate = None;
-            let fmt = |ms: f64| {
-                if ms.is_finite() && ms < 1e6 {
-                    format!("{ms:.1} ms")
-                } else {
-                    "overloaded".into()
-                }
-            };
             let was = if starved {
                 "a busy model had too few cores".to_string()
             } else {
-                fmt(mean(now))
+                fmt(now)
             };
-            Some((
-                best.cores,
-                format!(
-                    "load: {load}; predicted per job (weighted) {was} -> {}",
-                    fmt(mean(best.cost))
-                ),
-            ))
+            let why = format!(
+                "load: {load}; predicted per job (weighted) {was} -> {}{}",
+                fmt(cost(&best)),
+                if best.is_none() {
+                    ", sharing every core"
+                } else {
+                    ""
+                }
+            );
+            (best, why)
         } else {
             if !better {
                 self.candidate = None;
             }
-            Some((current, String::new()))
+            (current, String::new())
         }
     }
 

@@ -37,6 +37,13 @@ fn pool_capacity(cfg: &ModelConfig, cores: usize) -> usize {
     2 * cfg.adapt.max_layouts + 4 + 2 * lanes::LANE_LAYOUTS * cores
 }
 
+/// What a version predicts for the partition: on n = 0..=its cores cores by itself (`on`),
+/// and on every core shared, at each of [`crate::planner::partition::SHARED_SLOWDOWNS`].
+pub struct SharePredictions {
+    pub on: Vec<Option<serving::Prediction>>,
+    pub shared: Vec<Option<serving::Prediction>>,
+}
+
 /// Lane plans for the table in force, per (cores, lane count), and plan tables per core count
 /// for the joint partition's predictions (None: that cannot be run).
 #[derive(Default)]
@@ -327,12 +334,9 @@ impl ModelVersion {
 
     /// What this version predicts on `n` cores for n = 0..=its cores, at `load` items/s in
     /// jobs of `per_job` items: the best of one batch over them and lanes on them (None
-    /// without a live profile: such a model keeps every core, outside the partition).
-    pub fn share_predictions(
-        &self,
-        load: f64,
-        per_job: f64,
-    ) -> Option<Vec<Option<serving::Prediction>>> {
+    /// without a live profile: such a model keeps every core, outside the partition), and on
+    /// every core shared with other models at each of the partition's slowdowns.
+    pub fn share_predictions(&self, load: f64, per_job: f64) -> Option<SharePredictions> {
         self.live_curve()?;
         let tables: Vec<Option<(Arc<PlanTable>, usize)>> =
             (1..=self.topo.len()).map(|c| self.table_on(c)).collect();
@@ -343,11 +347,16 @@ impl ModelVersion {
                 .map(|(t, m)| (t.as_ref(), *m))
         };
         let scale = self.correction();
-        Some(
-            (0..=self.topo.len())
-                .map(|n| crate::planner::partition::best_on(n, &table, scale, load, per_job))
+        let best = |n: usize, slow: f64| {
+            crate::planner::partition::best_on(n, &table, scale * slow, load, per_job)
+        };
+        Some(SharePredictions {
+            on: (0..=self.topo.len()).map(|n| best(n, 1.0)).collect(),
+            shared: crate::planner::partition::SHARED_SLOWDOWNS
+                .iter()
+                .map(|&slow| best(self.topo.len(), slow))
                 .collect(),
-        )
+        })
     }
 
     /// The lane count to run now over `share` (None: every core), and every count's predicted
