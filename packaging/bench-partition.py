@@ -9,7 +9,8 @@ Systems (the agent's `partition`):
   overlap   every model plans over every core (packrat before the joint partition)
 
   real      this host's cores, real engines: ResNet-18 and MobileNet-v2 (built-ins), A at 70 %
-            and B at 15 % of what each serves alone on every core, swapped half-way
+            and B at 15 % of what each serves alone on every core (--fractions), swapped
+            half-way
   replay    REPLAYED, not measured: 16 virtual cores, four of the Packrat authors' 16-core
             profiles (ResNet-50, Inception-v3, BERT, GPT-2) on the replay engine, rates
             rotating between the models every phase (fractions of each model's predicted
@@ -200,6 +201,8 @@ def run(work, models, mode, max_batch, shape, items, phases, seed):
     # Cores per model over the run, sampled from status (joint: they follow the loads).
     res["cores"] = [(max(0.0, round(t - t0, 1)), c) for t, c in timeline]
     node.stop()
+    # Each run's journal, kept beside the next.
+    shutil.copy(node.log_path, os.path.join(work, f"agent-{mode}-{seed}.log"))
     return res
 
 
@@ -225,8 +228,9 @@ def capacity_alone(work, name, source, max_batch, shape, items, seconds):
 
 def rounds(work, models, max_batch, shape, items, phases, args, header):
     results = {}
-    for k, mode in enumerate(bs.abba(MODES, args.rounds)):
-        r = run(work, models, mode, max_batch, shape, items, phases, seed=11 + k // len(MODES))
+    modes = args.modes.split(",")
+    for k, mode in enumerate(bs.abba(modes, args.rounds)):
+        r = run(work, models, mode, max_batch, shape, items, phases, seed=11 + k // len(modes))
         results.setdefault(mode, []).append(r)
         acc = ", ".join(f"{n} {m['outputs']}/{m['submitted']} out, {m['failed']} failed, "
                         f"{m['left_over']} extra" for n, m in r["models"].items())
@@ -239,25 +243,26 @@ def rounds(work, models, max_batch, shape, items, phases, args, header):
                 f"{t:.0f}s:" + "/".join(str(c.get(n, "?")) for n, _ in models)
                 for t, c in r["cores"][::4]), flush=True)
     names = [n for n, _ in models]
-    print(f"\n{header}| model | phase | " + " | ".join(f"{m} p50 / p99 ms" for m in MODES) +
+    print(f"\n{header}| model | phase | " + " | ".join(f"{m} p50 / p99 ms" for m in modes) +
           " | joint p99 / best other |")
-    print("|---|---|" + "---|" * (len(MODES) + 1))
+    print("|---|---|" + "---|" * (len(modes) + 1))
     med = lambda rs, f: statistics.median(f(r) for r in rs)
     for n in names:
         for k in list(range(len(phases))) + [None]:
             get = (lambda key: (lambda r: r["models"][n][key])) if k is None else \
                 (lambda key: (lambda r: r["models"][n]["phases"][k][key]))
             cells, p99 = [], {}
-            for mode in MODES:
+            for mode in modes:
                 p50 = med(results[mode], get("p50_ms"))
                 p99[mode] = med(results[mode], get("p99_ms"))
                 cells.append(f"{p50:.0f} / {p99[mode]:.0f}")
-            best = min(p99["equal"], p99["overlap"])
+            others = [p99[m] for m in ("equal", "overlap") if m in p99]
+            ratio = f"{p99['joint'] / min(others):.2f}" if "joint" in p99 and others else "-"
             ph = "all" if k is None else str(k + 1)
-            print(f"| {n} | {ph} | " + " | ".join(cells) + f" | {p99['joint'] / best:.2f} |")
+            print(f"| {n} | {ph} | " + " | ".join(cells) + f" | {ratio} |")
     print("\n| system | jobs/s (median) | lost | duplicated | rounds |")
     print("|---|---|---|---|---|")
-    for mode in MODES:
+    for mode in modes:
         rs = results[mode]
         lost = sum(m["submitted"] - m["outputs"] for r in rs for m in r["models"].values())
         dup = sum(m["left_over"] + max(0, m["jobs_done"] - m["submitted"])
@@ -275,8 +280,9 @@ def real(args):
     print("alone on every core (closed loop): " +
           ", ".join(f"{n} ({src}) {cap[n]:.1f} jobs/s" for n, src in models), flush=True)
     half = args.seconds / 2
-    phases = [(half, {"a": 0.7 * cap["a"], "b": 0.15 * cap["b"]}),
-              (half, {"a": 0.15 * cap["a"], "b": 0.7 * cap["b"]})]
+    hot, light = (float(x) for x in args.fractions.split(","))
+    phases = [(half, {"a": hot * cap["a"], "b": light * cap["b"]}),
+              (half, {"a": light * cap["a"], "b": hot * cap["b"]})]
     print("phases: " + "; ".join(", ".join(f"{n} {r:.1f}/s" for n, r in p.items())
                                    for _, p in phases), flush=True)
     results = rounds(work, models, args.max_batch, shape, 1, phases, args,
@@ -295,7 +301,7 @@ def replay(args):
     print("REPLAYED on 16 virtual cores; predicted capacity alone: " +
           ", ".join(f"{n} {c:.1f} jobs/s" for n, c in cap.items()), flush=True)
     # Each phase one model is hot, one warm, two light; the roles rotate.
-    shares = [0.45, 0.2, 0.1, 0.05]
+    shares = [args.scale * f for f in (0.45, 0.2, 0.1, 0.05)]
     phases = []
     for p in range(args.phases):
         rates = {names[(i + p) % 4]: shares[i] * cap[names[(i + p) % 4]] for i in range(4)}
@@ -317,10 +323,16 @@ def main():
     p.add_argument("--model-a", default="resnet18")
     p.add_argument("--model-b", default="mobilenet_v2")
     p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--fractions", default="0.7,0.15",
+                   help="real: the hot and the light model's rate, fractions of its capacity")
     p.add_argument("--job-items", type=int, default=4, help="replay: items per job")
     p.add_argument("--phases", type=int, default=4, help="replay: rate phases")
+    p.add_argument("--scale", type=float, default=0.75,
+                   help="replay: the hot/warm/light/lighter fractions 0.45/0.2/0.1/0.05 of "
+                        "each model's capacity, times this")
     p.add_argument("--seconds", type=float, default=40, help="timed seconds per run")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--modes", default=",".join(MODES), help="systems, in ABBA order")
     p.add_argument("--out")
     args = p.parse_args()
     random.seed(1)

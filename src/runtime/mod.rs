@@ -206,7 +206,7 @@ impl ModelRuntime {
         let v = self.serving();
         let backlog = self.queue.len();
         let per_job = self.stats().items_per_job();
-        let jobs_per_s = self.arrival_rate() + backlog as f64;
+        let jobs_per_s = self.arrival_rate() + backlog as f64 / partition::DRAIN_S;
         let load = jobs_per_s * per_job;
         let predicted = v.share_predictions(load, per_job)?;
         let cfg = self.settings();

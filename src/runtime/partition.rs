@@ -1,8 +1,8 @@
 //! Several models on one node: which cores each gets ([`Partitioner`]). Every model with a
 //! live profile reports its [`Demand`] — its arrival rate and backlog, and what it would
 //! predict on each core count ([`crate::planner::partition`]); the split with the least
-//! weighted job latency is solved from them, placed as contiguous runs of cores, and put in
-//! force once every model that keeps serving meanwhile has its instance sets on its new
+//! weighted job latency is solved from them, placed moving as few cores as it can, and put
+//! in force once every model that keeps serving meanwhile has its instance sets on its new
 //! cores warm. Each model's dispatcher then plans its batches (one split batch, or lanes) on
 //! its cores only.
 //!
@@ -27,6 +27,10 @@ use crate::planner::partition::{self, Member};
 use crate::planner::serving::Prediction;
 use crate::planner::topology::Topology;
 
+/// A model's backlog counts as jobs arriving within this many seconds: it is to be drained,
+/// but a burst's backlog must not outbid every steady load (within one second, the cores
+/// chased each backlog in turn, every move re-warming instance sets).
+pub const DRAIN_S: f64 = 3.0;
 /// How often the split is re-solved.
 pub const SOLVE_EVERY: Duration = Duration::from_millis(500);
 /// A new split must predict this much less weighted latency…
@@ -158,7 +162,11 @@ impl Partitioner {
             None => names.iter().map(|n| (n.clone(), None)).collect(),
             Some(counts) => names
                 .iter()
-                .zip(partition::place(counts, &cores))
+                .zip(partition::place_near(
+                    counts,
+                    &cores,
+                    &self.cores_before(&names, &cores),
+                ))
                 .map(|(n, c)| (n.clone(), Some(c).filter(|c| c.len() < cores.len())))
                 .collect(),
         };
@@ -202,6 +210,19 @@ impl Partitioner {
         }
     }
 
+    /// Each of `names`' cores in the layout in force (every core for a model on all of them,
+    /// or sharing them; none for a model new to it).
+    fn cores_before(&self, names: &[String], cores: &[usize]) -> Vec<Vec<usize>> {
+        names
+            .iter()
+            .map(|n| match self.in_force.iter().find(|(m, _)| m == n) {
+                Some((_, Some(c))) => c.clone(),
+                Some((_, None)) => cores.to_vec(),
+                None => Vec::new(),
+            })
+            .collect()
+    }
+
     /// The layout to run now: a split (core counts), or None for every model on every core.
     /// The solved split or sharing, whichever predicts less, when it is clearly better than
     /// the layout in force, or a busy model has no cores; with why (empty: no change).
@@ -237,8 +258,8 @@ impl Partitioner {
         };
         let best: Option<Vec<usize>> = match partition::choose(&ms, cores) {
             Some(partition::Layout::Split(s)) => Some(s.cores),
-            // A split leaves a busy model unable to keep up, and sharing predicts less; or
-            // more busy models than cores.
+            // Sharing predicts clearly less, or the split leaves a busy model unable to keep
+            // up and sharing predicts less; or more busy models than cores.
             _ => None,
         };
         let per_job: f64 = ms
@@ -273,19 +294,16 @@ impl Partitioner {
             return (current, String::new());
         }
         let now = cost(&current);
-        let starved = current.as_ref().is_some_and(|c| {
-            ms.iter()
+        // A busy model without its min_cores: on too few cores of a split, or sharing every
+        // core while it reserves some of its own.
+        let starved = match &current {
+            Some(c) => ms
+                .iter()
                 .zip(c)
-                .any(|(m, &n)| m.busy && n < m.min_cores.max(1))
-        });
-        // Back from sharing to a split that serves every busy model: disjoint cores are
-        // preferred wherever they serve (see `partition::choose`), whatever sharing predicts.
-        let serves = best.as_ref().is_some_and(|c| {
-            ms.iter()
-                .zip(c)
-                .all(|(m, &n)| !m.busy || m.latency_ms(n).is_some())
-        });
-        let better = (current.is_none() && serves) || cost(&best) < now * (1.0 - HYSTERESIS);
+                .any(|(m, &n)| m.busy && n < m.min_cores.max(1)),
+            None => best.is_some() && ms.iter().any(|m| m.busy && m.min_cores > 1),
+        };
+        let better = cost(&best) < now * (1.0 - HYSTERESIS);
         let confirmed = match &mut self.candidate {
             Some((c, n)) if *c == best => {
                 *n += 1;
