@@ -211,19 +211,10 @@ def capacity_alone(work, name, source, max_batch, shape, items, seconds):
     fresh_live(work, [name])
     node = Node(work, [(name, source)], "joint", max_batch)
     c = ba.Client(node.spool_of(name), shape)
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < seconds:
-        with c.lock:
-            inflight = len(c.pending)
-        if inflight < 8:
-            c.submit(items)
-        else:
-            time.sleep(0.002)
-    c.drain()
-    n = len(c.done)
+    rate = bs.closed_loop(c, seconds, items)
     c.close()
     node.stop()
-    return n / (time.monotonic() - t0)
+    return rate
 
 
 def rounds(work, models, max_batch, shape, items, phases, args, header):

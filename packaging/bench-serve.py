@@ -53,19 +53,24 @@ def lanes_system():
 def capacity(work, model, max_batch, shape, seconds):
     a = ba.Agent(work, model, max_batch, SYSTEMS["one-at-a-time"])
     c = ba.Client(a, shape)
+    rate = closed_loop(c, seconds, 1)
+    c.close()
+    a.stop()
+    return rate
+
+
+def closed_loop(c, seconds, items, inflight=8):
+    """Keeps `inflight` jobs of `items` items submitted for `seconds`; jobs/s finished."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < seconds:
         with c.lock:
-            inflight = len(c.pending)
-        if inflight < 8:
-            c.submit(1)
+            n = len(c.pending)
+        if n < inflight:
+            c.submit(items)
         else:
             time.sleep(0.002)
     c.drain()
-    n = len(c.done)
-    c.close()
-    a.stop()
-    return n / (time.monotonic() - t0)
+    return len(c.done) / (time.monotonic() - t0)
 
 
 def segment(work, model, max_batch, shape, extra, rate, seconds, seed, deadline_ms=None):

@@ -256,9 +256,11 @@ pub struct ModelConfig {
 pub enum Partition {
     /// Cores go to models by predicted latency at their current loads, re-solved as loads
     /// shift; a model without work lends its cores.
-    #[default]
     Joint,
-    /// Every model plans over every core by itself (they overlap when busy at once).
+    /// Every model plans over every core by itself (they time-share the cores when busy at
+    /// once). The default: measured, it served as well as the joint split on 2 real cores and
+    /// better on 16 replayed ones (BENCHMARKS.md §13).
+    #[default]
     Overlap,
     /// Each model gets an equal, fixed part of the cores, whatever the load.
     Equal,
@@ -422,14 +424,14 @@ impl Config {
         }
         let output_mode = output_mode(raw.output_mode.as_deref().unwrap_or(defaults::OUTPUT_MODE))?;
         let partition = match raw.partition.as_deref() {
-            None | Some("joint") => Partition::Joint,
-            Some("overlap") => Partition::Overlap,
+            Some("joint") => Partition::Joint,
+            None | Some("overlap") => Partition::Overlap,
             Some("equal") => Partition::Equal,
             Some(other) => {
                 return refuse(
                     "partition",
                     format!("there is no partition '{other}'"),
-                    "write partition = \"joint\" (cores follow the models' loads; the default), \"equal\" (a fixed equal share each) or \"overlap\" (every model on every core)",
+                    "write partition = \"overlap\" (every model on every core; the default), \"joint\" (cores follow the models' loads) or \"equal\" (a fixed equal share each)",
                 )
             }
         };

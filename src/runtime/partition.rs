@@ -325,9 +325,9 @@ impl Partitioner {
                 "load: {load}; predicted per job (weighted) {was} -> {}{}",
                 fmt(cost(&best)),
                 if best.is_none() {
-                    ", sharing every core"
+                    ", sharing every core".to_string()
                 } else {
-                    ""
+                    format!("; sharing every core {}", fmt(cost(&None)))
                 }
             );
             (best, why)
