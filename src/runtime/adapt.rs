@@ -5,7 +5,8 @@
 //! Re-planning is cheap (the DP takes milliseconds), so it is tried whenever an estimate moved
 //! and at least every [`MIX_EVERY`] for the mix; a new table is adopted only when it predicts,
 //! on the live profile, a weighted latency at least [`HYSTERESIS`] lower than the table in
-//! force — evaluated on the same live profile, so two tables never flap over noise. Layouts are
+//! force, or one size's plan [`SIZE_HYSTERESIS`] faster — evaluated on the same live
+//! profile, so two tables never flap over noise. Layouts are
 //! bounded by the menu ([`crate::planner::menu`]), so the sets a table needs are few and are
 //! started ahead of the switch, never in front of a job.
 
@@ -25,6 +26,11 @@ use crate::planner::{Plan, PlanTable};
 
 /// A new table must predict at least this much less weighted latency to replace the old one.
 pub const HYSTERESIS: f64 = 0.03;
+/// … or where, for some batch size, the new table's plan is predicted this much faster than
+/// the one in force (and the table as a whole no slower). Rare sizes weigh little in the
+/// mix: a plan for them left on a layout the live profile has since measured far slower
+/// (ResNet-18, B=3..5 on 2 threads, 30–48 % over one thread each) would otherwise stay.
+pub const SIZE_HYSTERESIS: f64 = 0.25;
 /// An estimate that moved by this fraction makes a re-plan worth trying.
 const MOVED: f64 = 0.02;
 /// Re-plans are tried at most this often.
@@ -402,7 +408,14 @@ impl Adapter {
             .iter()
             .zip(&current.plans)
             .any(|(a, b)| a.instances != b.instances);
-        if layouts_differ && (change <= -HYSTERESIS || force.is_some()) {
+        let a_size_gains = change <= 0.0
+            && table.plans.iter().zip(&current.plans).any(|(a, b)| {
+                match (menu::evaluate(a, &curve), menu::evaluate(b, &curve)) {
+                    (Some(new), Some(old)) => new < old * (1.0 - SIZE_HYSTERESIS),
+                    _ => false,
+                }
+            });
+        if layouts_differ && (change <= -HYSTERESIS || a_size_gains || force.is_some()) {
             self.menu = report;
             let replan = Replan {
                 reason: why,
