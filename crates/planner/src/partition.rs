@@ -142,15 +142,6 @@ pub enum Layout {
     Shared(f64),
 }
 
-impl Layout {
-    pub fn cost(&self) -> f64 {
-        match self {
-            Layout::Split(s) => s.cost,
-            Layout::Shared(c) => *c,
-        }
-    }
-}
-
 /// Sharing every core is taken over the best split only when it predicts this much less
 /// (or the split leaves a busy model unable to keep up): processor sharing has no cost of
 /// co-location, which real cores and the replay's per-core sharing both have.
