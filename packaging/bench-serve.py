@@ -210,7 +210,7 @@ def replay_goodput(args):
     work = tempfile.mkdtemp(prefix="bench-replay-")
     profile = os.path.abspath(args.profile)
     cores, cap = fixed_capacity(profile, args.max_batch)
-    rate = 1.3 * cap
+    rate = args.load * cap
     print(f"REPLAYED on {cores} virtual cores from {os.path.basename(profile)}; best fixed "
           f"capacity {cap:.1f} jobs/s (predicted); load {rate:.1f} jobs/s", flush=True)
     out = deadline_rounds(work, profile, args.max_batch, (1,), rate, cap, args)
@@ -233,6 +233,8 @@ def main():
                    help="fractions of the one-at-a-time capacity")
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--load", type=float, default=1.3,
+                   help="replay-goodput: the load, a fraction of the best fixed capacity")
     p.add_argument("--out")
     args = p.parse_args()
     random.seed(1)

@@ -85,6 +85,33 @@ pub fn to_shed(
     shed
 }
 
+/// Whether a batch whose tightest job would finish late were it grown should grow anyway, to
+/// hold the jobs behind it (`rest`, `rest_items` items, the first of them the one that did not
+/// fit). `batch` holds the dues of the jobs in it now, all on time at `items` items. Against
+/// running it as it is and the rest next (two batches), one batch of both is chosen when more
+/// jobs finish in time in it — its late ones are then failed unrun — or as many, sooner. Under
+/// overload the jobs that survive shedding have little slack; closing every batch at what its
+/// first job affords kept batches small, and on many cores small batches serve a fraction of
+/// the items per second of full ones (BENCHMARKS.md §12).
+pub fn grow_past_tightest(
+    now: SystemTime,
+    batch: &[Option<SystemTime>],
+    items: usize,
+    rest: &[Option<SystemTime>],
+    rest_items: usize,
+    batch_ms: &dyn Fn(usize) -> f64,
+) -> bool {
+    let at = |ms: f64| now + Duration::from_secs_f64(ms.max(0.0) / 1e3);
+    let on_time = |dues: &mut dyn Iterator<Item = &Option<SystemTime>>, by: SystemTime| {
+        dues.filter(|d| d.is_none_or(|d| d >= by)).count()
+    };
+    let (first, second) = (batch_ms(items), batch_ms(rest_items));
+    let apart = batch.len() + on_time(&mut rest.iter(), at(first + second));
+    let one_ms = batch_ms(items + rest_items);
+    let together = on_time(&mut batch.iter().chain(rest), at(one_ms));
+    together > apart || (together == apart && one_ms < first + second)
+}
+
 /// The reason a job that cannot make its deadline is failed with.
 pub fn exceeded(due: SystemTime, now: SystemTime, predicted: Duration, ahead: usize) -> JobError {
     let left_ms = due.duration_since(now).map_or_else(
@@ -190,6 +217,28 @@ mod tests {
         // One lane: 100, 200, 300 > 250, ... Two lanes: 100, 150, 200, 250 — all make it.
         assert_eq!(to_shed(now, 0, &w, 1.0, 1, 1, &ms).len(), 2);
         assert!(to_shed(now, 0, &w, 1.0, 1, 2, &ms).is_empty());
+    }
+
+    #[test]
+    fn a_batch_grows_past_its_tightest_job_only_where_more_finish_in_time() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let ms = |b: usize| 50.0 + 10.0 * b as f64;
+        let at = |ms: u64| Some(now + Duration::from_millis(ms));
+        // One tight job (due at 70 ms: it makes it alone, in 60) and three behind due at 100:
+        // apart, they would finish at 60 + 80 = 140; together at 90. One late against three.
+        assert!(grow_past_tightest(now, &[at(70)], 1, &[at(100); 3], 3, &ms));
+        // The three due at 200 make it after the tight one's batch too: four on time apart.
+        assert!(!grow_past_tightest(
+            now,
+            &[at(70)],
+            1,
+            &[at(200); 3],
+            3,
+            &ms
+        ));
+        // As many on time either way (the one behind, due at 85, is late apart, at 120, and
+        // the tight one together, at 70): one batch, sooner.
+        assert!(grow_past_tightest(now, &[at(65)], 1, &[at(85)], 1, &ms));
     }
 
     #[test]

@@ -173,7 +173,9 @@ fn shed(rt: &ModelRuntime, target: &Target) {
 
 /// Coalesces what is waiting behind `first` into one batch for `target`, up to `max` items
 /// (waiting for more only up to the batch delay), while its jobs that can still make their
-/// deadlines are predicted to; the first job that does not fit is left in `carry`.
+/// deadlines are predicted to; the first job that does not fit is left in `carry`. With
+/// `on_deadline = "fail"`, a batch grows past its tightest jobs where that finishes more jobs
+/// in time ([`deadline::grow_past_tightest`]); those it then makes late are failed unrun.
 fn coalesce(
     rt: &ModelRuntime,
     first: Loaded,
@@ -182,11 +184,14 @@ fn coalesce(
     carry: &mut Option<Loaded>,
 ) -> Vec<Loaded> {
     let delay = Duration::from_secs_f64(rt.settings().max_batch_delay_ms / 1e3);
+    let shedding = rt.settings().on_deadline == OnDeadline::Fail;
     let wait_until = Instant::now() + delay;
-    // The earliest deadline in the batch that can still be made.
+    // The earliest deadline in the batch that can still be made; None once the batch has
+    // grown past its tightest jobs (each job then only has to make its own).
     let mut due = first
         .due
         .filter(|_| first.cannot_make_it(rt, target).is_none());
+    let mut grown = false;
     let mut group = vec![first];
     let mut total = group[0].items;
     while total < max {
@@ -200,14 +205,16 @@ fn coalesce(
         let Some(l) = expire_if_late(rt, l, target) else {
             continue;
         };
-        let v = &group[0].version;
+        let v = Arc::clone(&group[0].version);
+        let ms = batch_ms(rt, &v, target);
         let in_time = |due: Option<SystemTime>| {
             let Some(due) = due else { return true };
-            let ms = batch_ms(rt, v, target)(total + l.items);
-            SystemTime::now() + Duration::from_secs_f64(ms.max(0.0) / 1e3) <= due
+            SystemTime::now() + Duration::from_secs_f64(ms(total + l.items).max(0.0) / 1e3) <= due
         };
         let l_due = l.due.filter(|_| l.cannot_make_it(rt, target).is_none());
-        if total + l.items <= max && Arc::ptr_eq(&l.version, v) && in_time(due) && in_time(l_due) {
+        let fits = total + l.items <= max && Arc::ptr_eq(&l.version, &v) && in_time(l_due);
+        if fits && (grown || in_time(due) || (shedding && grow(rt, &group, total, &l, max, &ms))) {
+            grown |= !in_time(due);
             total += l.items;
             due = due.into_iter().chain(l_due).min();
             group.push(l);
@@ -216,7 +223,58 @@ fn coalesce(
             break;
         }
     }
+    if grown {
+        fail_late(rt, &mut group, target);
+    }
     group
+}
+
+/// Whether `group` (`total` items, on time) grows past its tightest job to take `l` and the
+/// jobs waiting behind it, up to `max` items.
+fn grow(
+    rt: &ModelRuntime,
+    group: &[Loaded],
+    total: usize,
+    l: &Loaded,
+    max: usize,
+    ms: &dyn Fn(usize) -> f64,
+) -> bool {
+    let per_job = rt.stats().items_per_job().max(1.0);
+    let (_, waiting) = rt.queue.waiting();
+    let room = max.saturating_sub(total + l.items);
+    let behind = ((room as f64 / per_job).floor() as usize).min(waiting.len());
+    let rest: Vec<Option<SystemTime>> = std::iter::once(l.due)
+        .chain(waiting[..behind].iter().map(|p| p.due))
+        .collect();
+    let rest_items = l.items + (behind as f64 * per_job).round() as usize;
+    let batch: Vec<Option<SystemTime>> = group.iter().map(|g| g.due).collect();
+    deadline::grow_past_tightest(SystemTime::now(), &batch, total, &rest, rest_items, ms)
+}
+
+/// Fails unrun the jobs of a batch grown past them that it would finish after they are due.
+fn fail_late(rt: &ModelRuntime, group: &mut Vec<Loaded>, target: &Target) {
+    let Some(v) = group.first().map(|g| Arc::clone(&g.version)) else {
+        return;
+    };
+    let items: usize = group.iter().map(|g| g.items).sum();
+    let ms = batch_ms(rt, &v, target)(items);
+    let now = SystemTime::now();
+    let finish = now + Duration::from_secs_f64(ms.max(0.0) / 1e3);
+    let (late, kept): (Vec<Loaded>, Vec<Loaded>) = std::mem::take(group)
+        .into_iter()
+        .partition(|g| g.due.is_some_and(|d| d < finish));
+    *group = kept;
+    let predicted = finish.duration_since(now).unwrap_or_default();
+    for l in late {
+        if let Some(due) = l.due {
+            let e = deadline::exceeded(due, now, predicted, 0);
+            let why = format!(
+                "{} (in a batch of {items} items, grown past it because that finishes more jobs in time)",
+                e.message
+            );
+            rt.fail(l.job, &JobError::new(e.kind, why), None);
+        }
+    }
 }
 
 /// How many batches run at once: re-weighed every [`lanes::CHOOSE_EVERY`] from the load.
@@ -498,6 +556,9 @@ pub(super) fn run(rt: &ModelRuntime) {
                 Target::Lane(..) => first.version.cfg.max_batch,
             };
             let group = coalesce(rt, first, max, &target, &mut carry);
+            if group.is_empty() {
+                continue;
+            }
             match target {
                 Target::Lane(l, lane) if Arc::ptr_eq(&group[0].version, &rt.serving()) => {
                     workers.send(rt, lane, group, Target::Lane(l, lane));
