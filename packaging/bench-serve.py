@@ -148,11 +148,20 @@ DEADLINE_SYSTEMS = {
 
 
 def deadline_rounds(work, model, max_batch, shape, rate, cap, args):
-    """on_deadline "fail" against "run" at `rate`, ABBA; prints each segment's goodput."""
+    """on_deadline "fail" against "run" at `rate`, ABBA; prints each segment's goodput. With
+    --compare BIN, "fail" is also run on that build (another commit's target/release/packrat)."""
+    systems = {k: (v, None) for k, v in DEADLINE_SYSTEMS.items()}
+    if getattr(args, "compare", None):
+        systems = {"fail": systems["fail"],
+                   "fail (compared build)": (DEADLINE_SYSTEMS["fail"], args.compare)}
+    own = ba.PACKRAT
     out = {}
-    for k, sysname in enumerate(abba(list(DEADLINE_SYSTEMS), args.rounds)):
-        r = segment(work, model, max_batch, shape, DEADLINE_SYSTEMS[sysname], rate, args.seconds,
-                    seed=7 + k // 2, deadline_ms=500)
+    for k, sysname in enumerate(abba(list(systems), args.rounds)):
+        extra, binary = systems[sysname]
+        ba.PACKRAT = binary or own
+        r = segment(work, model, max_batch, shape, extra, rate, args.seconds,
+                    seed=7 + k // len(systems), deadline_ms=500)
+        ba.PACKRAT = own
         out.setdefault(sysname, []).append(r)
         print(f"{sysname}: {r['on_time_per_s']:.2f} on time/s ({r['on_time_per_s'] / cap:.2f}x "
               f"capacity), {r['failed']} shed, p50 {r['p50_ms']:.0f} p99 {r['p99_ms']:.0f} ms, "
@@ -235,6 +244,7 @@ def main():
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--load", type=float, default=1.3,
                    help="replay-goodput: the load, a fraction of the best fixed capacity")
+    p.add_argument("--compare", help="goodput, replay-goodput: also run \"fail\" on this binary")
     p.add_argument("--out")
     args = p.parse_args()
     random.seed(1)
