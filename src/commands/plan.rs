@@ -176,6 +176,7 @@ fn joint(args: &Args) -> Result<i32> {
                 .iter()
                 .map(|&s| best(cores, s))
                 .collect(),
+            most: partition::most_on(cores, &table, 1.0, per_job),
         });
         names.push(pf.model);
     }

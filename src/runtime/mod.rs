@@ -218,6 +218,7 @@ impl ModelRuntime {
             load,
             on: predicted.on,
             shared: predicted.shared,
+            most: predicted.most,
             weight: cfg.weight,
             min_cores: cfg.min_cores.unwrap_or(1),
         })

@@ -52,6 +52,8 @@ pub struct Demand {
     pub on: Vec<Option<Prediction>>,
     /// Its prediction on every core shared (see [`Member::shared`]).
     pub shared: Vec<Option<Prediction>>,
+    /// The most items/s it serves on every core (see [`Member::most`]).
+    pub most: f64,
     pub weight: f64,
     pub min_cores: usize,
 }
@@ -66,6 +68,7 @@ impl Demand {
             load: self.load,
             on: self.on.clone(),
             shared: self.shared.clone(),
+            most: self.most,
         }
     }
 }

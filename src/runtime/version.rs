@@ -42,6 +42,8 @@ fn pool_capacity(cfg: &ModelConfig, cores: usize) -> usize {
 pub struct SharePredictions {
     pub on: Vec<Option<serving::Prediction>>,
     pub shared: Vec<Option<serving::Prediction>>,
+    /// The most items/s on every core, on any lane count.
+    pub most: f64,
 }
 
 /// Lane plans for the table in force, per (cores, lane count), and plan tables per core count
@@ -356,6 +358,7 @@ impl ModelVersion {
                 .iter()
                 .map(|&slow| best(self.topo.len(), slow))
                 .collect(),
+            most: crate::planner::partition::most_on(self.topo.len(), &table, scale, per_job),
         })
     }
 

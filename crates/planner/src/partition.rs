@@ -30,7 +30,9 @@ const OVERLOAD_MS: f64 = 1e7;
 
 /// The slowdowns at which a member reports its prediction on every core shared with others
 /// ([`Member::shared`]); [`overlap_cost`] takes the first at or above the one it predicts.
-pub const SHARED_SLOWDOWNS: [f64; 9] = [1.0, 1.1, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0, 10.0];
+/// The cap — as many busy models as there are — is on the grid for up to 5 models: rounding
+/// 4 up to 5 predicted four busy models a quarter slower than sharing gives them.
+pub const SHARED_SLOWDOWNS: [f64; 10] = [1.0, 1.1, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 10.0];
 
 /// One model, as the split sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +51,8 @@ pub struct Member {
     /// What it predicts on every core with its batches [`SHARED_SLOWDOWNS`] times slower
     /// (one entry per slowdown; empty: it cannot share).
     pub shared: Vec<Option<Prediction>>,
+    /// The most items per second it serves on every core, on any lane count ([`most_on`]).
+    pub most: f64,
 }
 
 impl Member {
@@ -87,16 +91,21 @@ impl Member {
 
 /// What each member predicts on every core at once, time-sharing them (an idle member:
 /// None). Each busy member's batches are predicted `1 / (1 - ρ)` slower, ρ the fraction of
-/// the cores the other busy members' loads take at their own capacity on every core — but
+/// the cores the other busy members' loads take at the most they serve on every core — but
 /// no more than the number of busy members: sharing gives each at least an equal part.
 /// None when a busy member cannot share.
 pub fn overlap(members: &[Member], cores: usize) -> Option<Vec<Option<Prediction>>> {
+    // The most, not what the layout fastest for it alone serves: a loaded model sharing the
+    // cores runs the lanes that serve its load. In a replayed run BERT's one batch over 16
+    // cores served a seventh to a third of what 16 one-core lanes do, which predicted sharing
+    // several times too slow.
     let util = |m: &Member| -> Option<f64> {
         if !m.busy {
             return Some(0.0);
         }
         let p = m.on.get(cores)?.as_ref()?;
-        (p.capacity > 0.0).then(|| m.load.max(0.0) / p.capacity)
+        let most = m.most.max(p.capacity);
+        (most > 0.0).then(|| m.load.max(0.0) / most)
     };
     let rho: Vec<f64> = members.iter().map(util).collect::<Option<_>>()?;
     let total: f64 = rho.iter().sum();
@@ -300,17 +309,17 @@ pub fn place_near(counts: &[usize], ordered: &[usize], was: &[Vec<usize>]) -> Ve
     out
 }
 
-/// The best prediction on `n` cores: one batch over all of them, or `k` lanes of `n/k`
-/// cores, whichever predicts the least latency (else the most capacity). `table(c)` is the
-/// plan table on `c` cores with its measured batch (see [`crate::serving::Choice`]), every
-/// predicted batch latency scaled by `scale`.
-pub fn best_on<'a>(
+/// The predictions on `n` cores at `load`: one batch over all of them, then `k` lanes of
+/// `n/k` cores for each k dividing n. `table(c)` is the plan table on `c` cores with its
+/// measured batch (see [`crate::serving::Choice`]), every predicted batch latency scaled by
+/// `scale`.
+fn on_cores<'a>(
     n: usize,
     table: &dyn Fn(usize) -> Option<(&'a PlanTable, usize)>,
     scale: f64,
     load: f64,
     per_job: f64,
-) -> Option<Prediction> {
+) -> Vec<Prediction> {
     (1..=n)
         .filter(|k| n.is_multiple_of(*k))
         .filter_map(|k| {
@@ -327,6 +336,20 @@ pub fn best_on<'a>(
             };
             Some(predict(&c, load, per_job, t.max_batch()))
         })
+        .collect()
+}
+
+/// The best prediction on `n` cores ([`on_cores`]): whichever predicts the least latency
+/// (else the most capacity).
+pub fn best_on<'a>(
+    n: usize,
+    table: &dyn Fn(usize) -> Option<(&'a PlanTable, usize)>,
+    scale: f64,
+    load: f64,
+    per_job: f64,
+) -> Option<Prediction> {
+    on_cores(n, table, scale, load, per_job)
+        .into_iter()
         .reduce(|a, b| {
             let better = match (a.latency_ms.is_finite(), b.latency_ms.is_finite()) {
                 (true, true) => b.latency_ms < a.latency_ms,
@@ -339,6 +362,20 @@ pub fn best_on<'a>(
                 a
             }
         })
+}
+
+/// The most items per second on `n` cores, over one batch and every lane count (0: none
+/// can run).
+pub fn most_on<'a>(
+    n: usize,
+    table: &dyn Fn(usize) -> Option<(&'a PlanTable, usize)>,
+    scale: f64,
+    per_job: f64,
+) -> f64 {
+    on_cores(n, table, scale, 0.0, per_job)
+        .into_iter()
+        .map(|p| p.capacity)
+        .fold(0.0, f64::max)
 }
 
 #[cfg(test)]
@@ -388,6 +425,7 @@ mod tests {
                     })
                 })
                 .collect(),
+            most: per_core * cores as f64,
         }
     }
 
@@ -459,6 +497,37 @@ mod tests {
             c.map(|l| matches!(l, Layout::Split(s) if s.cores == [1, 2])),
             Some(true)
         );
+    }
+
+    #[test]
+    fn sharing_gives_each_of_several_flooded_models_an_equal_part() {
+        // However many busy models flood the cores, each is predicted as many times slower as
+        // there are busy ones: on the grid for 2 to 5.
+        for n in 2..=5 {
+            let m: Vec<Member> = (0..n)
+                .map(|_| member(true, 150.0, 16, 40.0, 10.0))
+                .collect();
+            let on = overlap(&m, 16).unwrap();
+            for p in &on {
+                let p = p.as_ref().unwrap();
+                assert_eq!(p.capacity, 160.0 / n as f64, "{n} models: {p:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_models_share_of_the_cores_is_its_load_over_the_most_it_serves_on_them() {
+        // Fastest alone on 16 cores is one batch over all of them, 160 items/s; 16 one-core
+        // lanes serve 640. At 96 items/s it takes 15 % of the cores, not 60 %: the other is
+        // predicted 1/(1 - 0.15) slower, i.e. at the grid's 1.25, not 2.5.
+        let wide = Member {
+            most: 640.0,
+            ..member(true, 96.0, 16, 40.0, 10.0)
+        };
+        let other = member(true, 20.0, 16, 40.0, 10.0);
+        let on = overlap(&[wide, other.clone()], 16).unwrap();
+        let at = SHARED_SLOWDOWNS.iter().position(|&s| s == 1.25).unwrap();
+        assert_eq!(on[1], other.shared[at], "{on:?}");
     }
 
     #[test]
