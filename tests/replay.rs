@@ -15,6 +15,9 @@ use packrat::planner::profile::{Curve, ProfileFile};
 use packrat::planner::Plan;
 use tch::{Kind, Tensor};
 
+/// The agent's own time per batch on this host, beyond the replayed sleep (ms).
+const HOST_MS: f64 = 0.5;
+
 fn vendored(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("crates/planner/tests/data")
@@ -168,8 +171,11 @@ fn replays_as_profiled(file: &str) {
         }
         took.sort_by(f64::total_cmp);
         let median = took[1];
+        // Within 5 %, plus what the agent itself spends handing a batch out and collecting it
+        // on this host (0.2-0.6 ms seen on 2 vCPUs): a fixed cost the replay cannot replay,
+        // which alone took a 2-item batch of 12.44 ms to 5.0 % over in one CI run.
         assert!(
-            (median / expect - 1.0).abs() < 0.05,
+            (median - expect).abs() < 0.05 * expect + HOST_MS,
             "{file}: a {n}-item batch took {median:.2} ms (of {took:?}), the profile gives {expect:.2} ms"
         );
     }
