@@ -186,8 +186,8 @@ fn coalesce(
     let delay = Duration::from_secs_f64(rt.settings().max_batch_delay_ms / 1e3);
     let shedding = rt.settings().on_deadline == OnDeadline::Fail;
     let wait_until = Instant::now() + delay;
-    // The earliest deadline in the batch that can still be made; None once the batch has
-    // grown past its tightest jobs (each job then only has to make its own).
+    // The earliest deadline in the batch that can still be made. Once the batch has grown
+    // past its tightest jobs (`grown`) it no longer binds: each job only has to make its own.
     let mut due = first
         .due
         .filter(|_| first.cannot_make_it(rt, target).is_none());
